@@ -1,0 +1,287 @@
+"""Fully Convolutional Networks (Long, Shelhamer, Darrell; CVPR 2015, PAMI 2016).
+
+The VGG16 classifier in its convolutionalized form (fc6 = 7x7 conv, fc7 = 1x1
+conv) with the paper's FCN-32s / FCN-16s / FCN-8s / FCN-8s at-once heads.
+
+Everything follows the Caffe reference (voc-fcn*/net.py) exactly:
+
+* conv1_1 pads by 100 so that even a 1x1 input survives the five pools and
+  the 7x7 fc6, and 2x2/2 max pooling rounds up (Caffe's ceil mode);
+* skip scores are cropped by fixed offsets (5 for pool4, 9 for pool3) and the
+  upsampled result by 19 (32s), 27 (16s) or 31 (8s), which aligns the output
+  pixel grid with the input so logits have the input's height and width;
+* upsampling is a transposed convolution with a bilinear, channel-diagonal
+  kernel, frozen by default;
+* score layers start at zero.
+
+Layout is NHWC. Parameter names are the Caffe layer names, so reference
+weights map one to one onto ``params[layer_name]``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Per-channel mean of the ImageNet training set in BGR order, 0-255 scale, as
+# used by the Caffe VGG16 and every FCN reference model.
+MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
+
+VARIANTS = ('fcn32s', 'fcn16s', 'fcn8s', 'fcn8s-atonce')
+
+# VGG16's five convolution blocks: (number of 3x3 convs, output channels).
+VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
+FC_CHANNELS = 4096
+
+# Crop offsets of the reference nets (pixel-exact alignment of the skips and
+# of the final upsampled score with the padded input).
+CROP_POOL4 = 5
+CROP_POOL3 = 9
+FINAL_CROP = {'fcn32s': 19, 'fcn16s': 27, 'fcn8s': 31, 'fcn8s-atonce': 31}
+
+# FCN-8s at-once scales the pool features before scoring so that the skips
+# start as small perturbations of the coarse prediction (PAMI, Sec. 4.3).
+ATONCE_SCALE_POOL4 = 0.01
+ATONCE_SCALE_POOL3 = 0.0001
+
+
+def scaled_channels(channels: int, width: float) -> int:
+  """Channel count under the `width` multiplier (at least 1)."""
+  return max(1, int(round(channels * width)))
+
+
+def bilinear_kernel_1d(size: int) -> np.ndarray:
+  """1-D bilinear interpolation weights of a `size`-tap upsampling filter.
+
+  For the stride-s filters of the FCNs (size = 2s) this is the tent
+  ``1 - |x - center| / factor`` with factor = ceil(size / 2), the standard
+  kernel of Caffe's bilinear filler and of the FCN surgery code.
+  """
+  factor = (size + 1) // 2
+  center = factor - 1 if size % 2 == 1 else factor - 0.5
+  return 1.0 - np.abs(np.arange(size) - center) / factor
+
+
+def bilinear_kernel(size: int, channels: int) -> np.ndarray:
+  """Channel-diagonal bilinear kernel, shape (size, size, channels, channels).
+
+  Layout (kh, kw, in, out); class c only feeds class c, as in the paper.
+  """
+  k1 = bilinear_kernel_1d(size)
+  k2 = np.outer(k1, k1).astype(np.float32)
+  kernel = np.zeros((size, size, channels, channels), np.float32)
+  kernel[:, :, np.arange(channels), np.arange(channels)] = k2[..., None]
+  return kernel
+
+
+def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int,
+                   depthwise: bool = False) -> jax.Array:
+  """Caffe/PyTorch transposed convolution (no padding), computed sub-pixel.
+
+  Semantics: ``out[i*s + a, j*s + b, o] += x[i, j, c] * kernel[a, b, c, o]``,
+  output size ``(in - 1) * s + k``. This is the adjoint of a stride-s
+  convolution, which is exactly what Caffe's Deconvolution and torch's
+  ConvTranspose2d compute.
+
+  Instead of convolving a zero-dilated input (s^2 times the work, mostly on
+  zeros) we split the kernel into s x s phases: output block q receives
+  ``x[q - t] * kernel[t*s:(t+1)*s]`` for t = 0..m-1 (m = ceil(k / s)). That is
+  an ordinary m x m convolution to s*s*out channels followed by a
+  depth-to-space shuffle.
+
+  Args:
+    x: (N, H, W, C) input.
+    kernel: (k, k, C, O) kernel; with ``depthwise=True`` shape (k, k, 1, C)
+      and each channel is upsampled on its own (O = C).
+    stride: the upsampling factor s.
+    depthwise: use a per-channel kernel (the frozen bilinear case), which costs
+      C times less than a full channel-diagonal kernel.
+
+  Returns:
+    (N, (H-1)*s + k, (W-1)*s + k, O).
+  """
+  n, h, w, c = x.shape
+  k = kernel.shape[0]
+  s = stride
+  m = -(-k // s)
+  out_ch = c if depthwise else kernel.shape[3]
+  kin = kernel.shape[2]
+  # Pad the kernel to m*s taps, then (m, s, m, s, in, out) -> phases.
+  kernel = jnp.pad(kernel, ((0, m * s - k), (0, m * s - k), (0, 0), (0, 0)))
+  kernel = kernel.reshape(m, s, m, s, kin, out_ch if not depthwise else 1)
+  # Tap t of the m x m convolution reads x[q - t]: a convolution with the taps
+  # flipped. Output channels ordered (a, b, o) so depth-to-space is a reshape.
+  kernel = kernel[::-1, :, ::-1]
+  if depthwise:
+    # (m, m, 1, C * s * s) with channel-major groups: group c -> (c, a, b).
+    kernel = kernel.transpose(0, 2, 4, 1, 3, 5).reshape(m, m, 1, s * s)
+    kernel = jnp.tile(kernel, (1, 1, 1, c))
+    y = jax.lax.conv_general_dilated(
+        x, kernel.astype(x.dtype), (1, 1), [(m - 1, m - 1)] * 2,
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=c)
+    y = y.reshape(n, h + m - 1, w + m - 1, c, s, s).transpose(0, 1, 4, 2, 5, 3)
+  else:
+    kernel = kernel.transpose(0, 2, 4, 1, 3, 5).reshape(m, m, kin, s * s * out_ch)
+    y = jax.lax.conv_general_dilated(
+        x, kernel.astype(x.dtype), (1, 1), [(m - 1, m - 1)] * 2,
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = y.reshape(n, h + m - 1, w + m - 1, s, s, out_ch).transpose(0, 1, 3, 2, 4, 5)
+  y = y.reshape(n, (h + m - 1) * s, (w + m - 1) * s, out_ch)
+  return y[:, :(h - 1) * s + k, :(w - 1) * s + k]
+
+
+def max_pool_ceil(x: jax.Array) -> jax.Array:
+  """2x2 stride-2 max pooling that rounds the output size up (Caffe's mode).
+
+  An odd trailing row/column forms a window of its own, padded with -inf.
+  """
+  pad_h, pad_w = x.shape[1] % 2, x.shape[2] % 2
+  return nn.max_pool(x, (2, 2), strides=(2, 2),
+                     padding=((0, pad_h), (0, pad_w)))
+
+
+def crop_like(x: jax.Array, offset: int, height: int, width: int) -> jax.Array:
+  """Caffe's Crop layer on NHWC: x[:, offset:offset+height, offset:offset+width]."""
+  return x[:, offset:offset + height, offset:offset + width]
+
+
+class Upsample(nn.Module):
+  """Transposed convolution with a bilinear kernel (paper Sec. 3.3).
+
+  Frozen (the reference recipe): the kernel is a constant and, being
+  channel-diagonal, runs as a cheap per-channel transposed convolution.
+  Learnable: a full (k, k, C, C) parameter named `kernel`, bilinear-initialized,
+  matching the reference layer's weight shape.
+  """
+  channels: int
+  factor: int
+  learnable: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    size = 2 * self.factor
+    if self.learnable:
+      kernel = self.param(
+          'kernel', lambda *_: jnp.asarray(bilinear_kernel(size, self.channels)))
+      return conv_transpose(x.astype(self.dtype), kernel.astype(self.dtype),
+                            self.factor)
+    k1 = bilinear_kernel_1d(size)
+    kernel = np.outer(k1, k1).astype(np.float32)[:, :, None, None]
+    return conv_transpose(x.astype(self.dtype), jnp.asarray(kernel, self.dtype),
+                          self.factor, depthwise=True)
+
+
+class FCN(nn.Module):
+  """FCN-32s / 16s / 8s / 8s at-once on a convolutionalized VGG16.
+
+  Attributes:
+    variant: one of VARIANTS.
+    num_classes: number of output classes (21 for PASCAL VOC).
+    width: multiplier for every channel count (1.0 = the paper's VGG16).
+    learn_upsampling: make the bilinear upsampling kernels trainable.
+    dropout_rate: dropout after fc6 and fc7 in training (0.5 in the paper).
+    input_padding: zero padding of conv1_1 (100 in the reference).
+    dtype: computation dtype (parameters stay float32; logits are float32).
+    conv_init: kernel initializer of the trunk (the reference fine-tunes from
+      ImageNet weights; He init is what trains from scratch without them).
+  """
+  variant: str = 'fcn8s'
+  num_classes: int = 21
+  width: float = 1.0
+  learn_upsampling: bool = False
+  dropout_rate: float = 0.5
+  input_padding: int = 100
+  dtype: Any = jnp.float32
+  conv_init: Callable[..., Any] = nn.initializers.kaiming_normal()
+
+  def _conv(self, features: int, kernel: int, name: str, padding: Any = 'SAME'):
+    return nn.Conv(features, (kernel, kernel), padding=padding,
+                   kernel_init=self.conv_init, dtype=self.dtype, name=name)
+
+  def _score(self, name: str):
+    # Zero-initialized, as in the reference: training starts from the
+    # coarse prediction and learns the skips as corrections.
+    return nn.Conv(self.num_classes, (1, 1), kernel_init=nn.initializers.zeros,
+                   dtype=self.dtype, name=name)
+
+  def _upsample(self, factor: int, name: str):
+    return Upsample(self.num_classes, factor, self.learn_upsampling,
+                    self.dtype, name=name)
+
+  def backbone(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
+    """Convolutionalized VGG16: returns pool3, pool4 and fc7 feature maps."""
+    features = {}
+    for block, (num_convs, channels) in enumerate(VGG16_BLOCKS, start=1):
+      for i in range(1, num_convs + 1):
+        pad = self.input_padding if (block, i) == (1, 1) else 1
+        x = self._conv(scaled_channels(channels, self.width), 3,
+                       f'conv{block}_{i}', padding=[(pad, pad)] * 2)(x)
+        x = nn.relu(x)
+      x = max_pool_ceil(x)
+      features[f'pool{block}'] = x
+    # fc6/fc7: the classifier's fully connected layers as convolutions. fc6
+    # reads a 7x7x512 window, exactly the input of VGG16's first FC layer.
+    fc = scaled_channels(FC_CHANNELS, self.width)
+    for name, kernel in (('fc6', 7), ('fc7', 1)):
+      x = nn.relu(self._conv(fc, kernel, name, padding='VALID')(x))
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    features['fc7'] = x
+    return features
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    """Maps (N, H, W, 3) mean-subtracted BGR images to (N, H, W, C) logits."""
+    if self.variant not in VARIANTS:
+      raise ValueError(f'Unknown FCN variant {self.variant!r}; '
+                       f'expected one of {VARIANTS}.')
+    height, width = images.shape[1:3]
+    feats = self.backbone(images.astype(self.dtype), train)
+    score = self._score('score_fr')(feats['fc7'])
+
+    if self.variant == 'fcn32s':
+      score = self._upsample(32, 'upscore')(score)
+    else:
+      pool4, pool3 = feats['pool4'], feats['pool3']
+      if self.variant == 'fcn8s-atonce':
+        pool4 = pool4 * ATONCE_SCALE_POOL4
+        pool3 = pool3 * ATONCE_SCALE_POOL3
+      score = self._upsample(2, 'upscore2')(score)
+      score = score + crop_like(self._score('score_pool4')(pool4), CROP_POOL4,
+                                *score.shape[1:3])
+      if self.variant == 'fcn16s':
+        score = self._upsample(16, 'upscore16')(score)
+      else:
+        score = self._upsample(2, 'upscore_pool4')(score)
+        score = score + crop_like(self._score('score_pool3')(pool3),
+                                  CROP_POOL3, *score.shape[1:3])
+        score = self._upsample(8, 'upscore8')(score)
+
+    score = crop_like(score, FINAL_CROP[self.variant], height, width)
+    return score.astype(jnp.float32)
+
+
+def get_model(variant: str, num_classes: int = 21, **kwargs) -> FCN:
+  """Returns the FCN `variant` ('fcn32s', 'fcn16s', 'fcn8s', 'fcn8s-atonce').
+
+  Keyword arguments go to `FCN` (width, learn_upsampling, dtype, ...).
+  Call as ``model.apply({'params': params}, images, train=False)``.
+  """
+  if variant not in VARIANTS:
+    raise ValueError(f'Unknown model {variant!r}; expected one of {VARIANTS}.')
+  if num_classes < 1:
+    raise ValueError(f'num_classes must be positive, got {num_classes}.')
+  if isinstance(kwargs.get('dtype'), str):
+    kwargs['dtype'] = jnp.dtype(kwargs['dtype'])
+  return FCN(variant=variant, num_classes=num_classes, **kwargs)
+
+
+def init_params(model: FCN, rng: jax.Array, image_size: int = 32):
+  """Initializes parameters with a small dummy input (FCNs take any size)."""
+  dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+  return model.init({'params': rng}, dummy, train=False)['params']

@@ -1,0 +1,336 @@
+"""Training and evaluation loop: pure jit-compiled steps, sharded over a mesh.
+
+`train_step` and `eval_step` are pure functions of (state, batch). They are
+compiled once with explicit shardings: the state replicated, the batch split
+over the 'data' mesh axis. `train_and_evaluate` is the loop around them:
+data, logging, evaluation and checkpoints.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax.training import train_state
+
+from fcn_jax import checkpointing
+from fcn_jax import input_pipeline
+from fcn_jax import losses
+from fcn_jax import metrics as metrics_lib
+from fcn_jax import models
+from fcn_jax import sharding
+from fcn_jax import writers
+
+OPTIMIZERS = ('sgd', 'adam')
+LR_SCHEDULES = ('constant', 'cosine')
+
+
+class TrainState(train_state.TrainState):
+  """Step, params and optimizer state (apply_fn and tx are static)."""
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """One-line errors for bad config values, before anything is compiled."""
+  def check(ok, key, message):
+    if not ok:
+      raise ValueError(f'config.{key}={config[key]!r}: {message}')
+  check(config.model in models.VARIANTS, 'model',
+        f'expected one of {models.VARIANTS}')
+  check(config.dataset in input_pipeline.DATASETS, 'dataset',
+        f'expected one of {input_pipeline.DATASETS}')
+  check(config.optimizer in OPTIMIZERS, 'optimizer',
+        f'expected one of {OPTIMIZERS}')
+  check(config.lr_schedule in LR_SCHEDULES, 'lr_schedule',
+        f'expected one of {LR_SCHEDULES}')
+  check(config.loss_normalization in losses.NORMALIZATIONS,
+        'loss_normalization', f'expected one of {losses.NORMALIZATIONS}')
+  check(config.num_train_steps > 0, 'num_train_steps', 'must be positive')
+  check(config.batch_size > 0, 'batch_size', 'must be positive')
+  check(config.width > 0, 'width', 'must be positive')
+  check(config.num_classes == -1 or config.num_classes > 0, 'num_classes',
+        'must be positive, or -1 to take it from the dataset')
+  check(config.image_size >= 0, 'image_size', 'must be >= 0')
+  check(config.dtype in ('float32', 'bfloat16'), 'dtype',
+        "expected 'float32' or 'bfloat16'")
+  for key in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
+              'keep_checkpoints'):
+    check(config[key] > 0, key, 'must be positive')
+
+
+def resolve_num_classes(config: ml_collections.ConfigDict,
+                        info: input_pipeline.DatasetInfo) -> int:
+  """config.num_classes, or the dataset's when -1; they must agree."""
+  if config.num_classes == -1:
+    return info.num_classes
+  if config.num_classes != info.num_classes:
+    raise ValueError(
+        f'config.num_classes={config.num_classes} contradicts dataset '
+        f'{info.name!r}, which has {info.num_classes} classes; use -1 to take '
+        'it from the dataset.')
+  return config.num_classes
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int):
+  return models.get_model(
+      config.model, num_classes, width=config.width,
+      learn_upsampling=config.learn_upsampling,
+      dropout_rate=config.dropout_rate, input_padding=config.input_padding,
+      dtype=config.dtype)
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  if config.lr_schedule == 'cosine':
+    main = optax.cosine_decay_schedule(
+        config.learning_rate, max(1, config.num_train_steps - config.warmup_steps))
+  else:
+    main = optax.constant_schedule(config.learning_rate)
+  if config.warmup_steps <= 0:
+    return main
+  warmup = optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps)
+  return optax.join_schedules([warmup, main], [config.warmup_steps])
+
+
+def _is_decayed_kernel(path, _) -> bool:
+  # Weight decay on convolution kernels only: not on biases (the reference),
+  # nor on the (bilinear) upsampling filters.
+  names = [getattr(k, 'key', str(k)) for k in path]
+  return names[-1] == 'kernel' and not names[0].startswith('upscore')
+
+
+def _is_bias(path, _) -> bool:
+  return getattr(path[-1], 'key', None) == 'bias'
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     params) -> optax.GradientTransformation:
+  """The reference recipe's optimizer, generalized.
+
+  Caffe-style L2 decay is added to the gradient of kernels before the
+  optimizer; biases get `bias_lr_mult` times the learning rate (applied to the
+  final update, which for a fixed multiplier equals scaling their rate).
+  """
+  decay_mask = jax.tree_util.tree_map_with_path(_is_decayed_kernel, params)
+  bias_mask = jax.tree_util.tree_map_with_path(_is_bias, params)
+  schedule = learning_rate_schedule(config)
+  if config.optimizer == 'sgd':
+    optimizer = optax.sgd(schedule, momentum=config.momentum or None)
+  else:
+    optimizer = optax.adam(schedule)
+  return optax.chain(
+      optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+      optimizer,
+      optax.masked(optax.scale(config.bias_lr_mult), bias_mask),
+  )
+
+
+def create_train_state(config, model, rng, mesh, image_size: int = 32):
+  """Creates the replicated TrainState directly on the mesh's devices."""
+  def init(rng):
+    params = models.init_params(model, rng, image_size)
+    tx = create_optimizer(config, params)
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  abstract = jax.eval_shape(init, rng)
+  state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
+  return jax.jit(init, out_shardings=state_sharding)(rng)
+
+
+def train_step(state: TrainState, batch: dict, dropout_rng: jax.Array,
+               loss_normalization: str = 'sum'):
+  """One SGD step on a (globally sharded) batch. Returns (state, metrics)."""
+  rng = jax.random.fold_in(dropout_rng, state.step)
+
+  def loss_fn(params):
+    logits = state.apply_fn({'params': params}, batch['image'], train=True,
+                            rngs={'dropout': rng})
+    return losses.pixel_cross_entropy(logits, batch['label'],
+                                      loss_normalization)
+
+  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  new_state = state.apply_gradients(grads=grads)
+  step_metrics = {
+      'loss': loss,
+      'grad_norm': optax.global_norm(grads),
+      'param_norm': optax.global_norm(new_state.params),
+  }
+  return new_state, step_metrics
+
+
+def eval_step(state: TrainState, hist: jax.Array, batch: dict) -> jax.Array:
+  """Adds the batch's confusion matrix to `hist` (summed over all devices)."""
+  logits = state.apply_fn({'params': state.params}, batch['image'], train=False)
+  preds = jnp.argmax(logits, axis=-1)
+  return hist + metrics_lib.confusion_matrix(batch['label'], preds,
+                                             hist.shape[0])
+
+
+def compile_steps(config, mesh):
+  """jit-compiled train and eval steps with explicit shardings."""
+  replicated = sharding.replicated(mesh)
+  data = sharding.data_sharded(mesh)
+  p_train_step = jax.jit(
+      functools.partial(train_step,
+                        loss_normalization=config.loss_normalization),
+      in_shardings=(replicated, data, replicated),
+      out_shardings=(replicated, replicated),
+      donate_argnums=0)
+  p_eval_step = jax.jit(eval_step, in_shardings=(replicated, replicated, data),
+                        out_shardings=replicated, donate_argnums=1)
+  return p_train_step, p_eval_step
+
+
+def evaluate(p_eval_step, state, source, batch_size: int, num_classes: int,
+             mesh) -> dict:
+  """The paper's scores over a whole split, from one global histogram."""
+  hist = jax.device_put(jnp.zeros((num_classes, num_classes), jnp.int32),
+                        sharding.replicated(mesh))
+  for batch in input_pipeline.eval_batches(source, batch_size):
+    batch = sharding.shard_batch({k: batch[k] for k in ('image', 'label')}, mesh)
+    hist = p_eval_step(state, hist, batch)
+  return metrics_lib.segmentation_scores(jax.device_get(hist))
+
+
+def _format_scores(scores: dict) -> str:
+  return ', '.join(f'{k}={scores[k]:.4f}'
+                   for k in ('overall_acc', 'mean_acc', 'mean_iu', 'fwavacc'))
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  path = os.path.join(workdir, 'config.json')
+  with open(path + '.tmp', 'w') as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(path + '.tmp', path)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming if it holds checkpoints).
+
+  Returns the final validation scores (dict of segmentation_scores plus
+  'step' and 'best_checkpoint').
+  """
+  validate_config(config)
+  mesh = sharding.create_mesh()
+  sharding.check_batch_size(config.batch_size, mesh)
+  eval_batch_size = (config.batch_size if config.eval_batch_size == -1
+                     else config.eval_batch_size)
+  sharding.check_batch_size(eval_batch_size, mesh, 'eval_batch_size')
+
+  train_source, val_source, info = input_pipeline.create_datasets(config)
+  num_classes = resolve_num_classes(config, info)
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.num_classes = num_classes
+
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    save_config(config, workdir)
+  logging.info('Devices: %d (%s), mesh %s', jax.device_count(),
+               jax.devices()[0].platform, dict(mesh.shape))
+  logging.info('Dataset %s: %d classes, %d train / %d val images.', info.name,
+               num_classes, info.train_size, info.val_size)
+
+  model = create_model(config, num_classes)
+  rng = jax.random.key(config.seed)
+  init_rng, dropout_rng = jax.random.split(rng)
+  state = create_train_state(config, model, init_rng, mesh)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  logging.info('Model %s (width %g): %s parameters.', config.model,
+               config.width, f'{num_params:,}')
+
+  manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
+  if manager.latest_step() is not None:
+    state = checkpointing.restore(manager, state)
+    logging.info('Resumed from checkpoint at step %d in %s.', int(state.step),
+                 checkpointing.checkpoint_dir(workdir))
+  start_step = int(state.step)
+
+  p_train_step, p_eval_step = compile_steps(config, mesh)
+  train_ds = input_pipeline.train_dataset(train_source, config.batch_size,
+                                          config.seed)
+  writer = writers.MetricWriter(workdir)
+  dropout_rng = jax.device_put(dropout_rng, sharding.replicated(mesh))
+
+  def run_eval(step):
+    t0 = time.time()
+    scores = evaluate(p_eval_step, state, val_source, eval_batch_size,
+                      num_classes, mesh)
+    logging.info('Eval at step %d (%.1fs): %s', step, time.time() - t0,
+                 _format_scores(scores))
+    writer.write(step, 'val', scores)
+    return scores
+
+  scores = None
+  prefetch = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+  next_batch = prefetch.submit(train_ds.__getitem__, start_step)
+  timer_start, timer_step = time.time(), start_step
+  train_losses = []
+  for step in range(start_step + 1, config.num_train_steps + 1):
+    batch = next_batch.result()
+    if step < config.num_train_steps:
+      next_batch = prefetch.submit(train_ds.__getitem__, step)
+    batch = sharding.shard_batch({k: batch[k] for k in ('image', 'label')}, mesh)
+    state, step_metrics = p_train_step(state, batch, dropout_rng)
+    step_metrics = jax.device_get(step_metrics)
+    if not np.isfinite(step_metrics['loss']):
+      raise FloatingPointError(
+          f'Non-finite loss {step_metrics["loss"]} at step {step}; the last '
+          f'good checkpoint is step {manager.latest_step()} in '
+          f'{checkpointing.checkpoint_dir(workdir)}.')
+    train_losses.append(step_metrics['loss'])
+    if step == start_step + 1:
+      # The first step includes compilation; time from here on for the ETA.
+      timer_start, timer_step = time.time(), step
+
+    if step % config.log_every_steps == 0 or step == config.num_train_steps:
+      elapsed = time.time() - timer_start
+      rate = (step - timer_step) / elapsed if elapsed > 0 else float('nan')
+      eta = (config.num_train_steps - step) / rate if rate > 0 else float('nan')
+      record = {k: float(v) for k, v in step_metrics.items()}
+      record['loss'] = float(np.mean(train_losses))
+      record['steps_per_sec'] = rate
+      train_losses = []
+      writer.write(step, 'train', record)
+      logging.info('Step %d/%d: loss %.4f, %.2f steps/s, ETA %s', step,
+                   config.num_train_steps, record['loss'], rate,
+                   _format_duration(eta))
+
+    is_last = step == config.num_train_steps
+    if step % config.eval_every_steps == 0 or is_last:
+      scores = run_eval(step)
+    if step % config.checkpoint_every_steps == 0 or is_last:
+      evaluated_now = scores is not None and (step % config.eval_every_steps == 0
+                                              or is_last)
+      checkpointing.save(manager, step, state, scores if evaluated_now else None)
+
+  prefetch.shutdown()
+  if scores is None:  # Resumed a finished run: evaluate what we have.
+    scores = run_eval(int(state.step))
+    checkpointing.save(manager, int(state.step), state, scores)
+  manager.wait_until_finished()
+  writer.close()
+
+  best_step = manager.best_step()
+  best_path = os.path.join(checkpointing.checkpoint_dir(workdir), str(best_step))
+  logging.info('Final validation scores (step %d): %s', int(state.step),
+               _format_scores(scores))
+  logging.info('Best checkpoint (val mean IU): %s', best_path)
+  logging.info('Metrics: %s; TensorBoard: tensorboard --logdir=%s',
+               os.path.join(workdir, writers.METRICS_FILE), workdir)
+  return dict(scores, step=int(state.step), best_checkpoint=best_path)
+
+
+def _format_duration(seconds: float) -> str:
+  if not np.isfinite(seconds):
+    return '?'
+  minutes, seconds = divmod(int(seconds), 60)
+  return f'{minutes}m{seconds:02d}s'

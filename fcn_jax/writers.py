@@ -1,0 +1,60 @@
+"""Metric logging without TensorFlow: JSON lines plus TensorBoard events."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import jax
+
+METRICS_FILE = 'metrics.jsonl'
+
+
+def _jsonable(value):
+  """Floats as floats, NaN as null (strict JSON has no NaN), lists elementwise."""
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  value = float(value)
+  return None if math.isnan(value) else value
+
+
+class MetricWriter:
+  """Appends one JSON object per record to `<workdir>/metrics.jsonl` and
+  mirrors scalars to TensorBoard event files in the workdir.
+
+  Only process 0 writes, so multi-host runs produce one log.
+  """
+
+  def __init__(self, workdir: str):
+    self._enabled = jax.process_index() == 0
+    self._path = os.path.join(workdir, METRICS_FILE)
+    self._tb = None
+    if self._enabled:
+      from tensorboardX import SummaryWriter  # Light, TensorFlow-free.
+      self._tb = SummaryWriter(workdir)
+
+  def write(self, step: int, split: str, metrics: dict) -> None:
+    if not self._enabled:
+      return
+    record = {'step': int(step), 'split': split}
+    record.update({k: _jsonable(v) for k, v in metrics.items()})
+    with open(self._path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    for key, value in metrics.items():
+      if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+          self._tb.add_scalar(f'{split}/{key}/{i}', float(v), step)
+      else:
+        self._tb.add_scalar(f'{split}/{key}', float(value), step)
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """All records of `<workdir>/metrics.jsonl`, in order."""
+  with open(os.path.join(workdir, METRICS_FILE)) as f:
+    return [json.loads(line) for line in f if line.strip()]

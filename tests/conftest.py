@@ -1,0 +1,9 @@
+"""Shared test setup: run from the repository root, on the CPU."""
+
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
