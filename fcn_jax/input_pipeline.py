@@ -6,12 +6,25 @@ A dataset is a random-access *source* (``len`` and ``__getitem__`` returning
 and repeated with a fixed seed, so the batch of step `s` is a pure function of
 (seed, s): resuming at step s reads exactly the batches an uninterrupted run
 would have read, with no iterator state to save.
+
+Real datasets (fcn_jax.data: 'voc', 'sbd', 'voc_dir', 'tfds:<name>') have
+images of different sizes. Training with config.image_size > 0 takes random
+square crops (padding smaller images); with image_size = 0 it uses whole
+images, as the paper did. Any batch of mixed sizes (training with
+image_size = 0, and evaluation) is padded to its largest image rounded up to
+a multiple of config.pad_multiple (or to the fixed square config.pad_size):
+padded pixels are the mean colour (0 after mean subtraction) with label 255,
+so they add nothing to the loss or the confusion matrix, and jit compiles one
+program per bucket shape instead of one per image size.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+import functools
+import math
+import os
+from typing import Iterator, Sequence
 
 import grain
 import jax
@@ -19,10 +32,22 @@ import ml_collections
 import numpy as np
 
 from fcn_jax import synthetic
+from fcn_jax.data import decode
+from fcn_jax.data import sbd
+from fcn_jax.data import tfds_sources
+from fcn_jax.data import voc
 from fcn_jax.metrics import IGNORE_INDEX
 from fcn_jax.models import MEAN_BGR
 
-DATASETS = ('synthetic',)
+# 'tfds:<name>' stands for any TFDS dataset name after the prefix.
+DATASETS = ('synthetic', 'voc', 'sbd', 'voc_dir', 'tfds:<name>')
+
+
+def is_known_dataset(name: str) -> bool:
+  """Whether config.dataset=`name` names a dataset create_datasets reads."""
+  if name.startswith(tfds_sources.PREFIX):
+    return len(name) > len(tfds_sources.PREFIX)
+  return name in DATASETS and name != 'tfds:<name>'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +59,8 @@ class DatasetInfo:
   palette: np.ndarray  # (num_classes, 3) uint8 RGB colours for visualization.
   train_size: int
   val_size: int
+  # Whether image sizes vary (real photos), so batches need shape buckets.
+  variable_size: bool = False
 
 
 def voc_palette(num_classes: int = 256) -> np.ndarray:
@@ -62,10 +89,47 @@ def _preprocess_example(example: dict) -> dict:
 
 
 def create_datasets(config: ml_collections.ConfigDict):
-  """Returns (train_source, val_source, DatasetInfo) for `config.dataset`."""
-  if config.dataset != 'synthetic':
-    raise ValueError(f'Unknown dataset {config.dataset!r}; expected one of '
-                     f'{DATASETS}.')
+  """Returns (train_source, val_source, DatasetInfo) for `config.dataset`.
+
+  Raises:
+    ValueError: for an unknown dataset name.
+    fcn_jax.data.decode.DataError (a ValueError): for missing or bad files,
+      naming the file.
+  """
+  name = config.dataset
+  if not is_known_dataset(name):
+    raise ValueError(f'config.dataset={name!r}: unknown dataset; expected one '
+                     f'of {DATASETS}.')
+  if name == 'synthetic':
+    return _synthetic_datasets(config)
+  skip_bad = bool(config.get('skip_bad_examples', False))
+  train_split = config.get('train_split', '')
+  val_split = config.get('val_split', '')
+  if name == 'voc':
+    root = voc.find_voc_root(config.data_dir, (config.get('voc_year', '2012'),))
+    class_names = voc.VOC_CLASS_NAMES
+    train = voc.VOCLayoutSource(root, train_split or 'train', len(class_names),
+                                skip_bad=skip_bad)
+    val = voc.VOCLayoutSource(root, val_split or 'val', len(class_names),
+                              skip_bad=skip_bad)
+  elif name == 'sbd':
+    class_names = voc.VOC_CLASS_NAMES
+    train, val = sbd.sbd_datasets(config.data_dir, skip_bad)
+  elif name == 'voc_dir':
+    train, val, class_names = _voc_dir_datasets(config, train_split or 'train',
+                                                val_split or 'val', skip_bad)
+  else:
+    train, val, class_names = tfds_sources.tfds_datasets(
+        name[len(tfds_sources.PREFIX):], config.data_dir, config.num_classes,
+        train_split, val_split, config.get('val_dataset', ''), skip_bad)
+  info = DatasetInfo(
+      name=name, num_classes=len(class_names), class_names=tuple(class_names),
+      palette=voc_palette(len(class_names)), train_size=len(train),
+      val_size=len(val), variable_size=True)
+  return train, val, info
+
+
+def _synthetic_datasets(config):
   train = synthetic.SyntheticShapes('train', config.synthetic.train_size,
                                     config.image_size, config.synthetic.seed)
   val = synthetic.SyntheticShapes('val', config.synthetic.val_size,
@@ -78,52 +142,203 @@ def create_datasets(config: ml_collections.ConfigDict):
   return train, val, info
 
 
+def _voc_dir_datasets(config, train_split, val_split, skip_bad):
+  """Any VOC-layout folder; class_names.txt (if any) sets the classes."""
+  root = config.data_dir
+  if not root or not os.path.isdir(root):
+    raise decode.DataError(f'config.data_dir={root!r}: folder not found.')
+  class_names = voc.read_class_names(root)
+  if class_names is None:
+    if config.num_classes <= 0:
+      raise decode.DataError(
+          f'config.data_dir={root!r}: no {voc.CLASS_NAMES_FILE}; add one '
+          '(one class name per line) or set config.num_classes.')
+    class_names = tuple(f'class_{i}' for i in range(config.num_classes))
+  train = voc.VOCLayoutSource(root, train_split, len(class_names),
+                              skip_bad=skip_bad)
+  val = voc.VOCLayoutSource(root, val_split, len(class_names),
+                            skip_bad=skip_bad)
+  return train, val, class_names
+
+
+def batching_options(config: ml_collections.ConfigDict,
+                     info: DatasetInfo) -> dict:
+  """Padding options of train_dataset/eval_batches for `config`."""
+  return {'pad_multiple': (config.get('pad_multiple', 32)
+                           if info.variable_size else 1),
+          'pad_size': config.get('pad_size', 0)}
+
+
+def train_dataset_from_config(source, config: ml_collections.ConfigDict,
+                              info: DatasetInfo) -> grain.MapDataset:
+  """`train_dataset` with the crop, padding and augmentation of `config`."""
+  scale = (config.get('random_scale_min', 1.0),
+           config.get('random_scale_max', 1.0))
+  crop = config.image_size if info.variable_size else 0
+  return train_dataset(source, config.batch_size, config.seed,
+                       augment=config.get('random_flip', True),
+                       crop_size=crop, scale_range=scale,
+                       **batching_options(config, info))
+
+
 def train_dataset(source, global_batch_size: int, seed: int,
-                  augment: bool = True) -> grain.MapDataset:
+                  augment: bool = True, crop_size: int = 0,
+                  scale_range: Sequence[float] = (1.0, 1.0),
+                  pad_multiple: int = 1, pad_size: int = 0) -> grain.MapDataset:
   """Infinite, shuffled training batches as a random-access MapDataset.
 
   ``ds[step]`` is this process's share of the global batch of `step`: each
-  process (host) takes a contiguous slice of every global batch, so hosts read
-  disjoint images and together form exactly the single-host batch.
+  process (host) reads and decodes only its contiguous slice of every global
+  batch, so hosts read disjoint images and together form exactly the
+  single-host batch.
+
+  Args:
+    source: random-access examples (see the module docstring).
+    global_batch_size: examples per step over all processes.
+    seed: shuffling and augmentation seed; ds[step] depends only on
+      (seed, step).
+    augment: random horizontal flips.
+    crop_size: > 0: random crop_size x crop_size crops, smaller images padded
+      (bottom/right) first; 0: whole images.
+    scale_range: (min, max) random rescaling factor (1, 1 = off).
+    pad_multiple: whole-image batches are padded to their largest image
+      rounded up to this multiple (see `pad_and_stack`).
+    pad_size: > 0: pad every whole-image batch to this square instead; needed
+      with several processes, whose slices must have the same shape.
   """
   num_hosts = jax.process_count()
   if global_batch_size % num_hosts:
     raise ValueError(f'batch_size {global_batch_size} is not divisible by the '
                      f'number of processes ({num_hosts}).')
+  if num_hosts > 1 and crop_size == 0 and pad_size == 0 and pad_multiple != 1:
+    raise ValueError('Whole-image training on several processes needs '
+                     'config.pad_size > 0 (a common batch shape for all).')
   ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
-  if augment:
-    ds = ds.random_map(_random_flip)
-  ds = ds.map(_preprocess_example).batch(global_batch_size, drop_remainder=True)
+  ds = ds.random_map(functools.partial(
+      _augment_and_preprocess, flip=augment, crop_size=crop_size,
+      scale_range=tuple(scale_range)))
   per_host = global_batch_size // num_hosts
-  start = jax.process_index() * per_host
-  return ds.map(lambda batch: jax.tree.map(lambda x: x[start:start + per_host],
-                                           batch))
+  # Batch k of `ds` holds global positions [k*per_host, (k+1)*per_host); this
+  # host's slice of global batch s is batch s*num_hosts + process_index.
+  ds = ds.batch(per_host, drop_remainder=True, batch_fn=functools.partial(
+      pad_and_stack, pad_multiple=pad_multiple, pad_size=pad_size))
+  return ds[jax.process_index()::num_hosts]
 
 
-def _random_flip(example: dict, rng: np.random.Generator) -> dict:
-  """Horizontal flip with probability 1/2 (the only augmentation of the paper)."""
-  if rng.random() < 0.5:
-    example = dict(example, image=example['image'][:, ::-1],
-                   label=example['label'][:, ::-1])
-  return example
+def _augment_and_preprocess(example: dict, rng: np.random.Generator, *,
+                            flip: bool, crop_size: int,
+                            scale_range: tuple[float, float]) -> dict:
+  """Flip, rescale, preprocess, then crop/pad (so padding is the mean)."""
+  image, label = example['image'], example['label']
+  # Each augmentation draws from the generator only when it is on, so turning
+  # one on leaves the draws of the others unchanged.
+  if flip and rng.random() < 0.5:
+    image, label = image[:, ::-1], label[:, ::-1]
+  if scale_range != (1.0, 1.0):
+    image, label = rescale(image, label, rng.uniform(*scale_range))
+  image = preprocess(image)
+  label = np.asarray(label, np.int32)
+  if crop_size > 0:
+    image, label = random_crop_or_pad(image, label, crop_size, rng)
+  return {'image': image, 'label': label, 'id': np.int32(example['id'])}
 
 
-def eval_batches(source, global_batch_size: int) -> Iterator[dict]:
-  """All examples of `source` in order, in batches of fixed shape.
+def rescale(image: np.ndarray, label: np.ndarray, factor: float):
+  """Resizes by `factor`: bilinear for the image, nearest for the labels."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  height, width = label.shape
+  size = (max(1, round(width * factor)), max(1, round(height * factor)))
+  image = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(
+      size, Image.BILINEAR))
+  label = np.asarray(Image.fromarray(
+      np.ascontiguousarray(label, dtype=np.uint8)).resize(size, Image.NEAREST))
+  return image, label
 
-  The last batch is padded with ignore-labelled copies so shapes stay static
-  (one compilation) and padded pixels count nowhere in the confusion matrix.
-  Each process yields its slice of every global batch.
+
+def random_crop_or_pad(image: np.ndarray, label: np.ndarray, size: int,
+                       rng: np.random.Generator):
+  """A random size x size window; sides shorter than `size` are padded.
+
+  `image` is preprocessed (mean subtracted), so its padding is 0 = the mean
+  colour; label padding is the ignore label.
+  """
+  image, label = pad_to(image, label, max(size, label.shape[0]),
+                        max(size, label.shape[1]))
+  top = int(rng.integers(0, label.shape[0] - size + 1))
+  left = int(rng.integers(0, label.shape[1] - size + 1))
+  return (image[top:top + size, left:left + size],
+          label[top:top + size, left:left + size])
+
+
+def pad_to(image: np.ndarray, label: np.ndarray, height: int, width: int):
+  """Pads at the bottom/right: image with 0 (the mean), labels with 255."""
+  pad_h, pad_w = height - label.shape[0], width - label.shape[1]
+  if pad_h < 0 or pad_w < 0:
+    raise ValueError(f'Image of {label.shape[0]}x{label.shape[1]} (HxW) does '
+                     f'not fit the padded shape {height}x{width}; raise '
+                     'config.pad_size.')
+  if pad_h == 0 and pad_w == 0:
+    return image, label
+  image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)))
+  label = np.pad(label, ((0, pad_h), (0, pad_w)), constant_values=IGNORE_INDEX)
+  return image, label
+
+
+def bucket_shape(shapes: Sequence[tuple[int, int]], pad_multiple: int = 1,
+                 pad_size: int = 0) -> tuple[int, int]:
+  """The padded (H, W) of a batch of images with (H, W) `shapes`."""
+  if pad_size > 0:
+    return pad_size, pad_size
+  height = max(h for h, _ in shapes)
+  width = max(w for _, w in shapes)
+  multiple = max(1, pad_multiple)
+  return (math.ceil(height / multiple) * multiple,
+          math.ceil(width / multiple) * multiple)
+
+
+def pad_and_stack(examples: Sequence[dict], pad_multiple: int = 1,
+                  pad_size: int = 0) -> dict:
+  """Stacks preprocessed examples, padding each to the batch's bucket shape."""
+  height, width = bucket_shape([e['label'].shape for e in examples],
+                               pad_multiple, pad_size)
+  images, labels = [], []
+  for example in examples:
+    image, label = pad_to(example['image'], example['label'], height, width)
+    images.append(image)
+    labels.append(label)
+  return {'image': np.stack(images), 'label': np.stack(labels),
+          'id': np.asarray([e['id'] for e in examples], np.int32)}
+
+
+def eval_batches(source, global_batch_size: int, pad_multiple: int = 1,
+                 pad_size: int = 0) -> Iterator[dict]:
+  """All examples of `source` in order, in padded batches.
+
+  Images of mixed sizes are padded to their batch's bucket shape
+  (`bucket_shape`) with ignore labels; the last batch is filled up with
+  all-ignore examples, so batch sizes stay fixed. Padded pixels count nowhere
+  in the confusion matrix. Each process reads and yields only its slice of
+  every global batch.
   """
   num_hosts = jax.process_count()
+  if num_hosts > 1 and pad_size == 0 and pad_multiple != 1:
+    raise ValueError('Evaluating mixed image sizes on several processes '
+                     'needs config.pad_size > 0 (a common batch shape).')
   per_host = global_batch_size // num_hosts
   start = jax.process_index() * per_host
   ds = grain.MapDataset.source(source).map(_preprocess_example)
   for first in range(0, len(ds), global_batch_size):
-    examples = [ds[i] for i in range(first, min(first + global_batch_size, len(ds)))]
-    while len(examples) < global_batch_size:
-      pad = dict(examples[0])
-      pad['label'] = np.full_like(pad['label'], IGNORE_INDEX)
-      examples.append(pad)
-    batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
-    yield jax.tree.map(lambda x: x[start:start + per_host], batch)
+    examples = [ds[i] for i in range(first + start,
+                                     min(first + start + per_host, len(ds)))]
+    if len(examples) < per_host:
+      # Fillers are the mean colour, all ignored: after padding they are the
+      # same on every host, whichever host's slice they fall in.
+      shape = (examples or [ds[first]])[0]['label'].shape
+      examples += [_ignored_example(shape)] * (per_host - len(examples))
+    yield pad_and_stack(examples, pad_multiple, pad_size)
+
+
+def _ignored_example(shape: tuple[int, int]) -> dict:
+  """A filler example: mean-coloured image, every pixel ignored."""
+  return {'image': np.zeros(shape + (3,), np.float32),
+          'label': np.full(shape, IGNORE_INDEX, np.int32), 'id': np.int32(-1)}

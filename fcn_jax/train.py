@@ -47,7 +47,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f'config.{key}={config[key]!r}: {message}')
   check(config.model in models.VARIANTS, 'model',
         f'expected one of {models.VARIANTS}')
-  check(config.dataset in input_pipeline.DATASETS, 'dataset',
+  check(input_pipeline.is_known_dataset(config.dataset), 'dataset',
         f'expected one of {input_pipeline.DATASETS}')
   check(config.optimizer in OPTIMIZERS, 'optimizer',
         f'expected one of {OPTIMIZERS}')
@@ -190,11 +190,14 @@ def compile_steps(config, mesh):
 
 
 def evaluate(p_eval_step, state, source, batch_size: int, num_classes: int,
-             mesh) -> dict:
-  """The paper's scores over a whole split, from one global histogram."""
+             mesh, **batching) -> dict:
+  """The paper's scores over a whole split, from one global histogram.
+
+  `batching` (pad_multiple, pad_size) goes to `input_pipeline.eval_batches`.
+  """
   hist = jax.device_put(jnp.zeros((num_classes, num_classes), jnp.int32),
                         sharding.replicated(mesh))
-  for batch in input_pipeline.eval_batches(source, batch_size):
+  for batch in input_pipeline.eval_batches(source, batch_size, **batching):
     batch = sharding.shard_batch({k: batch[k] for k in ('image', 'label')}, mesh)
     hist = p_eval_step(state, hist, batch)
   return metrics_lib.segmentation_scores(jax.device_get(hist))
@@ -255,15 +258,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   start_step = int(state.step)
 
   p_train_step, p_eval_step = compile_steps(config, mesh)
-  train_ds = input_pipeline.train_dataset(train_source, config.batch_size,
-                                          config.seed)
+  train_ds = input_pipeline.train_dataset_from_config(train_source, config,
+                                                      info)
   writer = writers.MetricWriter(workdir)
   dropout_rng = jax.device_put(dropout_rng, sharding.replicated(mesh))
 
   def run_eval(step):
     t0 = time.time()
     scores = evaluate(p_eval_step, state, val_source, eval_batch_size,
-                      num_classes, mesh)
+                      num_classes, mesh,
+                      **input_pipeline.batching_options(config, info))
     logging.info('Eval at step %d (%.1fs): %s', step, time.time() - t0,
                  _format_scores(scores))
     writer.write(step, 'val', scores)

@@ -29,18 +29,44 @@ def get_config() -> ml_collections.ConfigDict:
   # Computation dtype: 'float32' or 'bfloat16' (parameters stay float32).
   config.dtype = 'float32'
 
-  # Dataset: 'synthetic' (built in, no download).
+  # Dataset: 'synthetic' (built in, no download); 'voc' (VOCdevkit under
+  # data_dir), 'sbd' (SBD train + VOC2011 seg11valid under data_dir), 'voc_dir'
+  # (any VOC-layout folder = data_dir) or 'tfds:<name>' (a TFDS dataset
+  # prepared as array_record in data_dir). See README.md, "Datasets".
   config.dataset = 'synthetic'
-  # Root folder of on-disk datasets (unused by 'synthetic').
+  # Root folder of on-disk datasets ('' for tfds = TFDS's default folder).
   config.data_dir = ''
-  # Side of the square synthetic images; for real datasets the side of
-  # training crops/pads (0 = whole images).
+  # Side of the square synthetic images; for real datasets the side of the
+  # random training crops (smaller images are padded first; 0 = whole images).
   config.image_size = 64
   # Synthetic dataset: split sizes and the seed that draws the scenes.
   config.synthetic = ml_collections.ConfigDict()
   config.synthetic.train_size = 4000
   config.synthetic.val_size = 200
   config.synthetic.seed = 0
+  # Real datasets: split names ('' = the dataset's usual train / val split).
+  config.train_split = ''
+  config.val_split = ''
+  # tfds only: another TFDS dataset to evaluate on ('' = config.dataset's), e.g.
+  # 'voc_segmentation/2011' with val_split='seg11valid'.
+  config.val_dataset = ''
+  # 'voc' only: which VOCdevkit/VOC<year> folder to read.
+  config.voc_year = '2012'
+  # Mixed-size batches (whole-image training, evaluation) are padded to their
+  # largest image rounded up to this multiple, so jit compiles one program per
+  # bucket shape, not per image size (1 = exact sizes, as the reference).
+  config.pad_multiple = 32
+  # > 0: pad every mixed-size batch to this fixed square instead (needed on
+  # several hosts, whose batch slices must share a shape; 512 fits VOC).
+  config.pad_size = 0
+  # Augmentation (all off in the paper's recipe): horizontal flips, and
+  # random rescaling by a factor in [random_scale_min, random_scale_max].
+  config.random_flip = True
+  config.random_scale_min = 1.0
+  config.random_scale_max = 1.0
+  # Missing or bad image/label files: False = stop with an error naming the
+  # file; True = skip it with a warning (it contributes nothing).
+  config.skip_bad_examples = False
 
   # Global batch size, split evenly over all devices.
   config.batch_size = 8

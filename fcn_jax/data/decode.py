@@ -1,0 +1,126 @@
+"""Reading images, label maps and split lists, with one-line errors.
+
+Every failure is a `DataError` naming the file and what is wrong, instead of
+a traceback from deep inside PIL or scipy.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Sequence
+
+import numpy as np
+from absl import logging
+from PIL import Image
+
+IGNORE_LABEL = 255
+
+
+class DataError(ValueError):
+  """A dataset file is missing, unreadable or inconsistent."""
+
+
+def read_image(path: str) -> np.ndarray:
+  """Reads an image file as (H, W, 3) uint8 RGB (grayscale is replicated)."""
+  with _open_image(path) as image:
+    return np.asarray(image.convert('RGB'))
+
+
+def read_label_png(path: str) -> np.ndarray:
+  """Reads a label PNG as (H, W) uint8 class indices.
+
+  Palette ('P') PNGs, as in VOC's SegmentationClass, store the class index
+  per pixel and the colours only in the palette, so the indices are read
+  directly, never through the colours. Grayscale ('L') PNGs store the index
+  as the grey value.
+  """
+  with _open_image(path) as image:
+    if image.mode in ('P', 'L'):
+      return np.array(image)
+    if image.mode in ('I', 'I;16'):
+      label = np.asarray(image)
+      if label.min() < 0 or label.max() > 255:
+        raise DataError(f'{path}: label values {label.min()}..{label.max()} do '
+                        'not fit 0..255.')
+      return label.astype(np.uint8)
+  raise DataError(f'{path}: label PNG has mode {image.mode!r}; expected a '
+                  "palette ('P') or grayscale ('L') PNG of class indices.")
+
+
+def decode_image_bytes(data: bytes, name: str) -> np.ndarray:
+  """Like `read_image`, for encoded bytes; `name` is used in errors."""
+  with _open_image(io.BytesIO(data), name) as image:
+    return np.asarray(image.convert('RGB'))
+
+
+def encode_png(array: np.ndarray) -> bytes:
+  """Lossless grayscale PNG of a (H, W) uint8 array."""
+  buffer = io.BytesIO()
+  Image.fromarray(np.asarray(array, np.uint8), mode='L').save(buffer, 'PNG')
+  return buffer.getvalue()
+
+
+def _open_image(path_or_file, name: str | None = None) -> Image.Image:
+  name = name or path_or_file
+  if isinstance(path_or_file, str) and not os.path.isfile(path_or_file):
+    raise DataError(f'{name}: file not found.')
+  try:
+    image = Image.open(path_or_file)
+    image.load()  # Decode now, so truncated files fail here.
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise DataError(f'{name}: unreadable or truncated image ({e}).') from None
+  return image
+
+
+def check_example(image: np.ndarray, label: np.ndarray, num_classes: int,
+                  image_path: str, label_path: str) -> None:
+  """Raises DataError on a size mismatch or out-of-range label values."""
+  if image.shape[:2] != label.shape[:2]:
+    raise DataError(
+        f'{label_path}: label is {label.shape[1]}x{label.shape[0]} (WxH) but '
+        f'its image {image_path} is {image.shape[1]}x{image.shape[0]}.')
+  values = np.unique(label)
+  bad = values[(values >= num_classes) & (values != IGNORE_LABEL)]
+  if bad.size:
+    raise DataError(
+        f'{label_path}: label values {bad.tolist()} are outside '
+        f'[0, {num_classes}) and not the ignore label {IGNORE_LABEL}.')
+
+
+def read_split(path: str) -> list[str]:
+  """Reads a split list: one image id per line (first column), no blanks."""
+  if not os.path.isfile(path):
+    raise DataError(f'{path}: split list not found.')
+  with open(path) as f:
+    ids = [line.split()[0] for line in f if line.strip()]
+  if not ids:
+    raise DataError(f'{path}: split list is empty.')
+  return ids
+
+
+def missing_files(paths: Sequence[str]) -> list[str]:
+  return [p for p in paths if not os.path.isfile(p)]
+
+
+def placeholder_example(index: int) -> dict:
+  """A small all-ignore example that stands in for a skipped bad file.
+
+  Its labels are all 255, so it adds nothing to the loss, its gradient, or
+  the confusion matrix; the batch keeps its size and the step its meaning.
+  """
+  return {'image': np.zeros((32, 32, 3), np.uint8),
+          'label': np.full((32, 32), IGNORE_LABEL, np.uint8),
+          'id': np.int32(index)}
+
+
+class SkipCounter:
+  """Counts (and logs) examples skipped because their files are bad."""
+
+  def __init__(self):
+    self.count = 0
+
+  def skip(self, error: Exception) -> None:
+    self.count += 1
+    logging.warning('Skipping bad example (%d skipped so far): %s', self.count,
+                    error)

@@ -1,0 +1,118 @@
+"""SBD (Hariharan et al., ICCV 2011) training set with seg11valid evaluation.
+
+The FCN paper trains on SBD's train split (8498 images) and evaluates on
+`seg11valid`: the 736 images of PASCAL VOC2011 segmentation val that are not
+in SBD train (shipped here as package data, fcn_jax/data/splits/).
+
+SBD unpacks (benchmark.tgz) to::
+
+  benchmark_RELEASE/dataset/img/<id>.jpg
+  benchmark_RELEASE/dataset/cls/<id>.mat    GTcls.Segmentation: class indices
+  benchmark_RELEASE/dataset/{train,val}.txt
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+
+import numpy as np
+import scipy.io
+
+from fcn_jax.data import decode
+from fcn_jax.data import voc
+
+SPLITS_PACKAGE = 'fcn_jax.data.splits'
+
+
+def packaged_split(name: str) -> list[str]:
+  """Image ids of a split list shipped with fcn_jax (e.g. 'seg11valid')."""
+  resource = importlib.resources.files(SPLITS_PACKAGE) / f'{name}.txt'
+  if not resource.is_file():
+    raise decode.DataError(f'No packaged split list {name!r} in '
+                           f'{SPLITS_PACKAGE}.')
+  return [line.strip() for line in resource.read_text().splitlines()
+          if line.strip()]
+
+
+def read_sbd_label(path: str) -> np.ndarray:
+  """The class-index map of an SBD cls/<id>.mat file, as (H, W) uint8."""
+  if not os.path.isfile(path):
+    raise decode.DataError(f'{path}: file not found.')
+  try:
+    mat = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
+  except (ValueError, OSError, TypeError, NotImplementedError,
+          scipy.io.matlab.MatReadError) as e:
+    raise decode.DataError(f'{path}: unreadable .mat file ({e}).') from None
+  try:
+    label = np.asarray(mat['GTcls'].Segmentation)
+  except (KeyError, AttributeError):
+    raise decode.DataError(
+        f'{path}: no GTcls.Segmentation in the .mat file (is this an SBD '
+        'cls/ file?).') from None
+  if label.ndim != 2 or label.size == 0:
+    raise decode.DataError(f'{path}: GTcls.Segmentation has shape '
+                           f'{label.shape}; expected a 2-D label map.')
+  if label.min() < 0 or label.max() > 255:
+    raise decode.DataError(f'{path}: label values {label.min()}..{label.max()} '
+                           'do not fit 0..255.')
+  return label.astype(np.uint8)
+
+
+class SBDSource(voc.VOCLayoutSource):
+  """Random-access examples of an SBD split (img/*.jpg + cls/*.mat)."""
+
+  def __init__(self, root: str, split: str = 'train', num_classes: int = 21,
+               skip_bad: bool = False):
+    if not os.path.isdir(root):
+      raise decode.DataError(f'{root}: SBD dataset folder not found.')
+    ids = decode.read_split(os.path.join(root, split + '.txt'))
+    super().__init__(root, split, num_classes, ids=ids, skip_bad=skip_bad,
+                     image_dir='img', label_dir='cls')
+
+  def label_path(self, image_id: str) -> str:
+    return os.path.join(self.root, 'cls', image_id + '.mat')
+
+  def __getitem__(self, index: int) -> dict:
+    image_id = self.ids[index]
+    image_path, label_path = self.image_path(image_id), self.label_path(image_id)
+    try:
+      image = decode.read_image(image_path)
+      label = read_sbd_label(label_path)
+      decode.check_example(image, label, self.num_classes, image_path,
+                           label_path)
+    except decode.DataError as e:
+      if not self.skip_bad:
+        raise
+      self.skipped.skip(e)
+      return decode.placeholder_example(index)
+    return {'image': image, 'label': label, 'id': np.int32(index)}
+
+
+def find_sbd_root(data_dir: str) -> str:
+  """benchmark_RELEASE/dataset under `data_dir` (or data_dir itself)."""
+  if not data_dir or not os.path.isdir(data_dir):
+    raise decode.DataError(f'config.data_dir={data_dir!r}: folder not found.')
+  candidates = [os.path.join(data_dir, 'benchmark_RELEASE', 'dataset'),
+                os.path.join(data_dir, 'dataset'), data_dir]
+  for candidate in candidates:
+    if os.path.isdir(os.path.join(candidate, 'cls')):
+      return candidate
+  raise decode.DataError(
+      f'config.data_dir={data_dir!r}: no SBD folder found (looked for '
+      f'{", ".join(candidates)} with a cls/ folder inside).')
+
+
+def sbd_datasets(data_dir: str, skip_bad: bool = False):
+  """(SBD train, VOC2011 seg11valid) sources: the paper's PASCAL setup.
+
+  `data_dir` holds both unpacked archives: benchmark_RELEASE/ (SBD) and
+  VOCdevkit/VOC2011/ (VOC2012 is used when VOC2011 is absent; any seg11valid
+  image missing from it is reported by name).
+  """
+  train = SBDSource(find_sbd_root(data_dir), 'train', len(voc.VOC_CLASS_NAMES),
+                    skip_bad)
+  val = voc.VOCLayoutSource(voc.find_voc_root(data_dir, ('2011', '2012')),
+                            'seg11valid', len(voc.VOC_CLASS_NAMES),
+                            ids=packaged_split('seg11valid'), skip_bad=skip_bad)
+  return train, val

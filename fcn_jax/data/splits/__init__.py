@@ -1,0 +1,1 @@
+"""Split lists shipped as package data (see PROVENANCE.md)."""
