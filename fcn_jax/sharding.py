@@ -3,6 +3,12 @@
 Parameters and optimizer state are replicated; batches are split along the
 leading axis over a 'data' mesh axis that spans every device of every process.
 One CPU device is the same code path with a mesh of size one.
+
+Every step is jit-compiled on global arrays, so cross-device reductions are
+XLA's: the mean gradient is an all-reduce over the 'data' axis, and an
+evaluation histogram with a replicated output sharding is summed over all
+devices of all hosts. Each process only supplies its own slice of a global
+batch (`shard_batch`); `input_pipeline` reads that slice.
 """
 
 from __future__ import annotations
@@ -29,11 +35,30 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def check_batch_size(batch_size: int, mesh: Mesh, flag: str = 'batch_size'):
-  """Raises a one-line error if the global batch does not split evenly."""
+def micro_batch_sharded(mesh: Mesh) -> NamedSharding:
+  """(micro-batch, batch, ...) arrays: the second axis split over 'data'."""
+  return NamedSharding(mesh, P(None, DATA_AXIS))
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, flag: str = 'batch_size',
+                     micro_batches: int = 1):
+  """Raises a one-line error if the global batch does not split evenly.
+
+  Args:
+    batch_size: the global batch size.
+    mesh: the device mesh; every device gets batch_size / mesh.size examples.
+    flag: the config key named in the error.
+    micro_batches: gradient accumulation steps; each device's share must
+      split into this many equal micro-batches.
+  """
   if batch_size <= 0 or batch_size % mesh.size:
     raise ValueError(f'config.{flag}={batch_size} must be a positive multiple '
                      f'of the number of devices ({mesh.size}).')
+  if batch_size % (mesh.size * micro_batches):
+    raise ValueError(
+        f'config.{flag}={batch_size} must be a multiple of '
+        f'config.grad_accum_steps x devices ({micro_batches} x {mesh.size} = '
+        f'{micro_batches * mesh.size}).')
 
 
 def shard_batch(batch, mesh: Mesh):
