@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fcn_jax import fast_ops as fast_ops_lib
+
 # Per-channel mean of the ImageNet training set in BGR order, 0-255 scale, as
 # used by the Caffe VGG16 and every FCN reference model.
 MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
@@ -48,6 +50,23 @@ FINAL_CROP = {'fcn32s': 19, 'fcn16s': 27, 'fcn8s': 31, 'fcn8s-atonce': 31}
 # start as small perturbations of the coarse prediction (PAMI, Sec. 4.3).
 ATONCE_SCALE_POOL4 = 0.01
 ATONCE_SCALE_POOL3 = 0.0001
+
+# fast_ops modes: 'auto' uses the custom-gradient ops (fcn_jax/fast_ops.py)
+# where they win, i.e. on CPU; 'on' forces them, 'off' the plain XLA ops.
+FAST_OPS_MODES = ('auto', 'on', 'off')
+# VGG blocks whose 3x3 convs get the chunked weight gradient: the large maps.
+# (Measured on CPU: it also wins on blocks 4-5, see README "Performance".)
+FAST_CONV_BLOCKS = (1, 2, 3, 4, 5)
+
+
+def use_fast_ops(mode: str) -> bool:
+  """Resolves a fast_ops mode for the current default backend."""
+  if mode not in FAST_OPS_MODES:
+    raise ValueError(f'Unknown fast_ops mode {mode!r}; '
+                     f'expected one of {FAST_OPS_MODES}.')
+  if mode == 'auto':
+    return jax.default_backend() == 'cpu'
+  return mode == 'on'
 
 
 def scaled_channels(channels: int, width: float) -> int:
@@ -190,6 +209,8 @@ class FCN(nn.Module):
     dtype: computation dtype (parameters stay float32; logits are float32).
     conv_init: kernel initializer of the trunk (the reference fine-tunes from
       ImageNet weights; He init is what trains from scratch without them).
+    fast_ops: 'auto' (custom-gradient ops on CPU, where they are faster),
+      'on' or 'off' (plain XLA ops). Same function, parameters and gradients.
   """
   variant: str = 'fcn8s'
   num_classes: int = 21
@@ -199,10 +220,13 @@ class FCN(nn.Module):
   input_padding: int = 100
   dtype: Any = jnp.float32
   conv_init: Callable[..., Any] = nn.initializers.kaiming_normal()
+  fast_ops: str = 'auto'
 
-  def _conv(self, features: int, kernel: int, name: str, padding: Any = 'SAME'):
+  def _conv(self, features: int, kernel: int, name: str, padding: Any = 'SAME',
+            conv_fn: Callable[..., Any] | None = None):
     return nn.Conv(features, (kernel, kernel), padding=padding,
-                   kernel_init=self.conv_init, dtype=self.dtype, name=name)
+                   kernel_init=self.conv_init, dtype=self.dtype, name=name,
+                   conv_general_dilated=conv_fn)
 
   def _score(self, name: str):
     # Zero-initialized, as in the reference: training starts from the
@@ -216,20 +240,27 @@ class FCN(nn.Module):
 
   def backbone(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
     """Convolutionalized VGG16: returns pool3, pool4 and fc7 feature maps."""
+    fast = use_fast_ops(self.fast_ops)
+    pool = fast_ops_lib.max_pool_2x2_ceil if fast else max_pool_ceil
     features = {}
     for block, (num_convs, channels) in enumerate(VGG16_BLOCKS, start=1):
+      conv_fn = (fast_ops_lib.conv_chunked_weight_grad
+                 if fast and block in FAST_CONV_BLOCKS else None)
       for i in range(1, num_convs + 1):
         pad = self.input_padding if (block, i) == (1, 1) else 1
         x = self._conv(scaled_channels(channels, self.width), 3,
-                       f'conv{block}_{i}', padding=[(pad, pad)] * 2)(x)
+                       f'conv{block}_{i}', padding=[(pad, pad)] * 2,
+                       conv_fn=conv_fn)(x)
         x = nn.relu(x)
-      x = max_pool_ceil(x)
+      x = pool(x)
       features[f'pool{block}'] = x
     # fc6/fc7: the classifier's fully connected layers as convolutions. fc6
     # reads a 7x7x512 window, exactly the input of VGG16's first FC layer.
     fc = scaled_channels(FC_CHANNELS, self.width)
     for name, kernel in (('fc6', 7), ('fc7', 1)):
-      x = nn.relu(self._conv(fc, kernel, name, padding='VALID')(x))
+      conv_fn = fast_ops_lib.conv_im2col if fast and name == 'fc6' else None
+      x = nn.relu(self._conv(fc, kernel, name, padding='VALID',
+                             conv_fn=conv_fn)(x))
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     features['fc7'] = x
     return features
@@ -269,13 +300,15 @@ class FCN(nn.Module):
 def get_model(variant: str, num_classes: int = 21, **kwargs) -> FCN:
   """Returns the FCN `variant` ('fcn32s', 'fcn16s', 'fcn8s', 'fcn8s-atonce').
 
-  Keyword arguments go to `FCN` (width, learn_upsampling, dtype, ...).
+  Keyword arguments go to `FCN` (width, learn_upsampling, dtype, fast_ops,
+  ...). With the defaults the CPU gets the fast custom-gradient ops.
   Call as ``model.apply({'params': params}, images, train=False)``.
   """
   if variant not in VARIANTS:
     raise ValueError(f'Unknown model {variant!r}; expected one of {VARIANTS}.')
   if num_classes < 1:
     raise ValueError(f'num_classes must be positive, got {num_classes}.')
+  use_fast_ops(kwargs.get('fast_ops', 'auto'))  # Validates the mode.
   if isinstance(kwargs.get('dtype'), str):
     kwargs['dtype'] = jnp.dtype(kwargs['dtype'])
   return FCN(variant=variant, num_classes=num_classes, **kwargs)
