@@ -42,11 +42,13 @@ class MetricWriter:
     with open(self._path, 'a') as f:
       f.write(json.dumps(record) + '\n')
     for key, value in metrics.items():
-      if isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-          self._tb.add_scalar(f'{split}/{key}/{i}', float(v), step)
-      else:
-        self._tb.add_scalar(f'{split}/{key}', float(value), step)
+      values = enumerate(value) if isinstance(value, (list, tuple)) else [
+          (None, value)]
+      for i, v in values:
+        # Classes absent from a split score NaN; TensorBoard has no use for it.
+        if v is not None and not math.isnan(float(v)):
+          tag = f'{split}/{key}' if i is None else f'{split}/{key}/{i}'
+          self._tb.add_scalar(tag, float(v), step)
     self._tb.flush()
 
   def close(self) -> None:

@@ -137,6 +137,9 @@ def get_tiny_config() -> ml_collections.ConfigDict:
   config.synthetic.val_size = 8
   config.batch_size = 4
   config.num_train_steps = 6
+  # Constant rate: a run stopped at step k and resumed (with any
+  # num_train_steps) then follows exactly the same updates.
+  config.lr_schedule = 'constant'
   config.warmup_steps = 0
   config.log_every_steps = 2
   config.eval_every_steps = 3
