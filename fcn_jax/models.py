@@ -254,6 +254,7 @@ class FCN(nn.Module):
         x = nn.relu(x)
       x = pool(x)
       features[f'pool{block}'] = x
+      self.sow('intermediates', f'pool{block}', x)
     # fc6/fc7: the classifier's fully connected layers as convolutions. fc6
     # reads a 7x7x512 window, exactly the input of VGG16's first FC layer.
     fc = scaled_channels(FC_CHANNELS, self.width)
@@ -262,6 +263,7 @@ class FCN(nn.Module):
       x = nn.relu(self._conv(fc, kernel, name, padding='VALID',
                              conv_fn=conv_fn)(x))
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+      self.sow('intermediates', f'{name}_out', x)
     features['fc7'] = x
     return features
 
