@@ -169,25 +169,106 @@ def crop_like(x: jax.Array, offset: int, height: int, width: int) -> jax.Array:
   return x[:, offset:offset + height, offset:offset + width]
 
 
+UPSAMPLING_INITS = ('bilinear', 'random')
+
+
+def crop_offsets(variant: str, input_padding: int = 100,
+                 fc6_padding: int = 0) -> dict[str, int]:
+  """Crop offsets that align every score map with the input pixel grid.
+
+  Index j of a map with stride S corresponds to input coordinate S*j + c (the
+  centre of its receptive field); c follows from the layer geometry: conv1_1
+  with padding p shifts by p - 1, a 2x2/2 pool of stride S centres at
+  (S - 1) / 2, fc6 (7x7, padding q) centres on pool5 index j + 3 - q, and a
+  2s-tap stride-s upsampling puts output o on input index (o - s + 0.5) / s.
+  With the reference's p = 100, q = 0 this gives Caffe's 5, 9 and 19/27/31.
+  With p = 1, q = 3 (every layer 'SAME', no extra padding) the skips are
+  already aligned up to one pixel and the final crop is stride / 2.
+
+  Returns:
+    {'pool4': d4, 'pool3': d3, 'final': f} (skips only where the variant has
+    them). A skip offset d >= 0 crops the skip score by d (the reference's
+    case); d < 0 crops the upsampled coarse score by -d instead. The final
+    upsampled score is cropped by f.
+
+  Raises:
+    ValueError: when the geometry cannot align the output with the input.
+  """
+  shift = input_padding - 1
+  def pool_offset(stride):
+    return (stride - 1) / 2 - shift
+  def upsampled(offset, stride, factor):
+    return offset - (stride // factor) * (factor - 0.5)
+  def integer(value, what):
+    if value != int(value):
+      raise ValueError(f'{what} offset {value} is not an integer.')
+    return int(value)
+
+  offset, stride = 32 * (3 - fc6_padding) + pool_offset(32), 32
+  offsets = {}
+  skips = {'fcn32s': (), 'fcn16s': (('pool4', 16),)}.get(
+      variant, (('pool4', 16), ('pool3', 8)))
+  for name, skip_stride in skips:
+    up = upsampled(offset, stride, 2)
+    skip = pool_offset(skip_stride)
+    offsets[name] = integer((up - skip) / skip_stride, name)
+    # The fused map lives on the grid of whichever map was not cropped.
+    offset, stride = max(up, skip), skip_stride
+  final = -upsampled(offset, stride, stride)
+  if final < 0:
+    raise ValueError(
+        f'input_padding={input_padding}, fc6_padding={fc6_padding}: the '
+        f'{variant} output starts {-final} pixels inside the input and cannot '
+        'be aligned with it; use more padding.')
+  offsets['final'] = integer(final, 'final')
+  return offsets
+
+
+def fuse_skip(coarse: jax.Array, skip: jax.Array, offset: int) -> jax.Array:
+  """Adds an upsampled `coarse` score and a `skip` score on a common grid.
+
+  offset >= 0: the skip is cropped to the coarse score (Caffe's Crop layer);
+  offset < 0: the coarse score is cropped to the skip instead.
+  """
+  if offset >= 0:
+    return coarse + crop_like(skip, offset, *coarse.shape[1:3])
+  return crop_like(coarse, -offset, *skip.shape[1:3]) + skip
+
+
+def random_upsampling_init(key: jax.Array, shape, dtype=jnp.float32):
+  """Gaussian (k, k, C, C) upsampling kernel with unit gain.
+
+  A 2s-tap stride-s transposed convolution sums 2 x 2 input positions of all
+  C channels into each output pixel, so the fan-in is 4C (He/LeCun scaling).
+  """
+  return jax.random.normal(key, shape, dtype) * np.sqrt(1.0 / (4 * shape[2]))
+
+
 class Upsample(nn.Module):
   """Transposed convolution with a bilinear kernel (paper Sec. 3.3).
 
   Frozen (the reference recipe): the kernel is a constant and, being
   channel-diagonal, runs as a cheap per-channel transposed convolution.
-  Learnable: a full (k, k, C, C) parameter named `kernel`, bilinear-initialized,
-  matching the reference layer's weight shape.
+  Learnable: a full (k, k, C, C) parameter named `kernel`, bilinear-initialized
+  (or random with init='random'), matching the reference layer's weight shape.
   """
   channels: int
   factor: int
   learnable: bool = False
   dtype: Any = jnp.float32
+  init: str = 'bilinear'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     size = 2 * self.factor
     if self.learnable:
-      kernel = self.param(
-          'kernel', lambda *_: jnp.asarray(bilinear_kernel(size, self.channels)))
+      if self.init == 'random':
+        kernel = self.param('kernel', random_upsampling_init,
+                            (size, size, self.channels, self.channels))
+      else:
+        kernel = self.param(
+            'kernel',
+            lambda *_: jnp.asarray(bilinear_kernel(size, self.channels)))
       return conv_transpose(x.astype(self.dtype), kernel.astype(self.dtype),
                             self.factor)
     k1 = bilinear_kernel_1d(size)
@@ -211,6 +292,12 @@ class FCN(nn.Module):
       ImageNet weights; He init is what trains from scratch without them).
     fast_ops: 'auto' (custom-gradient ops on CPU, where they are faster),
       'on' or 'off' (plain XLA ops). Same function, parameters and gradients.
+    upsampling_init: 'bilinear' (the paper) or 'random' initialization of the
+      learned upsampling kernels (needs learn_upsampling=True).
+    fc6_padding: zero padding of the 7x7 fc6 (0 in the reference). With
+      input_padding=1 and fc6_padding=3 every layer is 'SAME': the
+      exact-offset variant without the 100-pixel padding, valid for any
+      input size at a fraction of the cost. Crops follow `crop_offsets`.
   """
   variant: str = 'fcn8s'
   num_classes: int = 21
@@ -221,6 +308,8 @@ class FCN(nn.Module):
   dtype: Any = jnp.float32
   conv_init: Callable[..., Any] = nn.initializers.kaiming_normal()
   fast_ops: str = 'auto'
+  upsampling_init: str = 'bilinear'
+  fc6_padding: int = 0
 
   def _conv(self, features: int, kernel: int, name: str, padding: Any = 'SAME',
             conv_fn: Callable[..., Any] | None = None):
@@ -236,10 +325,15 @@ class FCN(nn.Module):
 
   def _upsample(self, factor: int, name: str):
     return Upsample(self.num_classes, factor, self.learn_upsampling,
-                    self.dtype, name=name)
+                    self.dtype, self.upsampling_init, name=name)
 
   def backbone(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
-    """Convolutionalized VGG16: returns pool3, pool4 and fc7 feature maps."""
+    """Convolutionalized VGG16: returns the pool1..pool5 and fc7 maps.
+
+    The same maps are sown into the 'intermediates' collection (pool1..pool5,
+    and fc6_out, fc7_out after ReLU/dropout), so callers can read the convolutionalized
+    classifier with ``model.apply(..., mutable=['intermediates'])``.
+    """
     fast = use_fast_ops(self.fast_ops)
     pool = fast_ops_lib.max_pool_2x2_ceil if fast else max_pool_ceil
     features = {}
@@ -260,7 +354,8 @@ class FCN(nn.Module):
     fc = scaled_channels(FC_CHANNELS, self.width)
     for name, kernel in (('fc6', 7), ('fc7', 1)):
       conv_fn = fast_ops_lib.conv_im2col if fast and name == 'fc6' else None
-      x = nn.relu(self._conv(fc, kernel, name, padding='VALID',
+      pad = self.fc6_padding if name == 'fc6' else 0
+      x = nn.relu(self._conv(fc, kernel, name, padding=[(pad, pad)] * 2,
                              conv_fn=conv_fn)(x))
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
       self.sow('intermediates', f'{name}_out', x)
@@ -273,6 +368,13 @@ class FCN(nn.Module):
     if self.variant not in VARIANTS:
       raise ValueError(f'Unknown FCN variant {self.variant!r}; '
                        f'expected one of {VARIANTS}.')
+    if self.upsampling_init not in UPSAMPLING_INITS:
+      raise ValueError(f'Unknown upsampling_init {self.upsampling_init!r}; '
+                       f'expected one of {UPSAMPLING_INITS}.')
+    if self.upsampling_init == 'random' and not self.learn_upsampling:
+      raise ValueError("upsampling_init='random' needs learn_upsampling=True "
+                       '(a frozen random upsampling cannot learn).')
+    offsets = crop_offsets(self.variant, self.input_padding, self.fc6_padding)
     height, width = images.shape[1:3]
     feats = self.backbone(images.astype(self.dtype), train)
     score = self._score('score_fr')(feats['fc7'])
@@ -285,17 +387,23 @@ class FCN(nn.Module):
         pool4 = pool4 * ATONCE_SCALE_POOL4
         pool3 = pool3 * ATONCE_SCALE_POOL3
       score = self._upsample(2, 'upscore2')(score)
-      score = score + crop_like(self._score('score_pool4')(pool4), CROP_POOL4,
-                                *score.shape[1:3])
+      score = fuse_skip(score, self._score('score_pool4')(pool4),
+                        offsets['pool4'])
       if self.variant == 'fcn16s':
         score = self._upsample(16, 'upscore16')(score)
       else:
         score = self._upsample(2, 'upscore_pool4')(score)
-        score = score + crop_like(self._score('score_pool3')(pool3),
-                                  CROP_POOL3, *score.shape[1:3])
+        score = fuse_skip(score, self._score('score_pool3')(pool3),
+                          offsets['pool3'])
         score = self._upsample(8, 'upscore8')(score)
 
-    score = crop_like(score, FINAL_CROP[self.variant], height, width)
+    score = crop_like(score, offsets['final'], height, width)
+    if score.shape[1:3] != (height, width):
+      raise ValueError(
+          f'A {height}x{width} input is too small for input_padding='
+          f'{self.input_padding}, fc6_padding={self.fc6_padding}: the output '
+          f'covers only {score.shape[1]}x{score.shape[2]} (fc6 needs a 7x7 '
+          'pool5 window; pad more, e.g. input_padding=1, fc6_padding=3).')
     return score.astype(jnp.float32)
 
 

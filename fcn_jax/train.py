@@ -86,7 +86,9 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int):
       config.model, num_classes, width=config.width,
       learn_upsampling=config.learn_upsampling,
       dropout_rate=config.dropout_rate, input_padding=config.input_padding,
-      dtype=config.dtype)
+      dtype=config.dtype,
+      upsampling_init=config.get('upsampling_init', 'bilinear'),
+      fc6_padding=config.get('fc6_padding', 0))
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -166,12 +168,22 @@ def train_step(state: TrainState, batch: dict, dropout_rng: jax.Array,
   return new_state, step_metrics
 
 
-def eval_step(state: TrainState, hist: jax.Array, batch: dict) -> jax.Array:
-  """Adds the batch's confusion matrix to `hist` (summed over all devices)."""
+def eval_step(state: TrainState, hist: jax.Array, batch: dict,
+              boundary_radius: int = 0) -> jax.Array:
+  """Adds the batch's confusion matrix to `hist` (summed over all devices).
+
+  A (C, C) `hist` counts all pixels. A (2, C, C) `hist` (used when
+  `boundary_radius` > 0) also counts, in hist[1], the pixels within
+  `boundary_radius` of a label boundary (metrics.boundary_confusion_matrix).
+  """
   logits = state.apply_fn({'params': state.params}, batch['image'], train=False)
   preds = jnp.argmax(logits, axis=-1)
-  return hist + metrics_lib.confusion_matrix(batch['label'], preds,
-                                             hist.shape[0])
+  num_classes = hist.shape[-1]
+  counts = metrics_lib.confusion_matrix(batch['label'], preds, num_classes)
+  if hist.ndim == 3:
+    counts = jnp.stack([counts, metrics_lib.boundary_confusion_matrix(
+        batch['label'], preds, num_classes, boundary_radius)])
+  return hist + counts
 
 
 def compile_steps(config, mesh):
@@ -184,23 +196,37 @@ def compile_steps(config, mesh):
       in_shardings=(replicated, data, replicated),
       out_shardings=(replicated, replicated),
       donate_argnums=0)
-  p_eval_step = jax.jit(eval_step, in_shardings=(replicated, replicated, data),
-                        out_shardings=replicated, donate_argnums=1)
+  p_eval_step = jax.jit(
+      functools.partial(eval_step,
+                        boundary_radius=config.get('boundary_radius', 0)),
+      in_shardings=(replicated, replicated, data),
+      out_shardings=replicated, donate_argnums=1)
   return p_train_step, p_eval_step
 
 
 def evaluate(p_eval_step, state, source, batch_size: int, num_classes: int,
-             mesh, **batching) -> dict:
+             mesh, boundary_radius: int = 0, **batching) -> dict:
   """The paper's scores over a whole split, from one global histogram.
 
-  `batching` (pad_multiple, pad_size) goes to `input_pipeline.eval_batches`.
+  With `boundary_radius` > 0 (and `p_eval_step` compiled with it), the scores
+  also hold 'boundary_mean_iu': mean IU over the pixels within
+  `boundary_radius` of a label boundary. `batching` (pad_multiple, pad_size)
+  goes to `input_pipeline.eval_batches`.
   """
-  hist = jax.device_put(jnp.zeros((num_classes, num_classes), jnp.int32),
-                        sharding.replicated(mesh))
+  shape = (num_classes, num_classes)
+  if boundary_radius > 0:
+    shape = (2,) + shape
+  hist = jax.device_put(jnp.zeros(shape, jnp.int32), sharding.replicated(mesh))
   for batch in input_pipeline.eval_batches(source, batch_size, **batching):
     batch = sharding.shard_batch({k: batch[k] for k in ('image', 'label')}, mesh)
     hist = p_eval_step(state, hist, batch)
-  return metrics_lib.segmentation_scores(jax.device_get(hist))
+  hist = jax.device_get(hist)
+  if boundary_radius <= 0:
+    return metrics_lib.segmentation_scores(hist)
+  scores = metrics_lib.segmentation_scores(hist[0])
+  scores['boundary_mean_iu'] = metrics_lib.segmentation_scores(
+      hist[1])['mean_iu']
+  return scores
 
 
 def _format_scores(scores: dict) -> str:
@@ -266,7 +292,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   def run_eval(step):
     t0 = time.time()
     scores = evaluate(p_eval_step, state, val_source, eval_batch_size,
-                      num_classes, mesh,
+                      num_classes, mesh, config.get('boundary_radius', 0),
                       **input_pipeline.batching_options(config, info))
     logging.info('Eval at step %d (%.1fs): %s', step, time.time() - t0,
                  _format_scores(scores))

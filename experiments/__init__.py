@@ -1,0 +1,1 @@
+"""Ablation sweeps over fcn_jax.main runs (sweep runner, report, sweep files)."""
