@@ -25,6 +25,7 @@ from absl import logging
 from flax.training import train_state
 
 from fcn_jax import checkpointing
+from fcn_jax import convert
 from fcn_jax import input_pipeline
 from fcn_jax import losses
 from fcn_jax import metrics as metrics_lib
@@ -281,6 +282,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     state = checkpointing.restore(manager, state)
     logging.info('Resumed from checkpoint at step %d in %s.', int(state.step),
                  checkpointing.checkpoint_dir(workdir))
+  elif config.get('init_from'):
+    # Fresh run seeded from pretrained weights (VGG16, an earlier stage).
+    state = state.replace(params=convert.init_from(state.params,
+                                                   config.init_from))
   start_step = int(state.step)
 
   p_train_step, p_eval_step = compile_steps(config, mesh)
