@@ -2,14 +2,26 @@
 
 Keeps the last `keep` checkpoints plus the best one by validation mean IU.
 Orbax writes each step to a temporary directory and renames it when complete,
-so an interrupted save is never mistaken for a checkpoint.
+so an interrupted save is never mistaken for a checkpoint; leftover temporary
+directories are removed when the next run opens the manager. Saves are
+asynchronous, but a save first waits for the previous one, and old steps are
+deleted only after the new one is complete, so a finished checkpoint always
+exists. A checkpoint that is complete on disk but unreadable (truncated or
+missing files, e.g. after a power loss) is moved to
+`<workdir>/corrupt_checkpoints/` and the previous one is restored instead.
 """
 
 from __future__ import annotations
 
+import collections
 import os
+import time
 
+import jax
 import orbax.checkpoint as ocp
+from absl import logging
+
+from fcn_jax import fault_tolerance
 from orbax.checkpoint._src.checkpoint_managers import preservation_policy as pp
 
 BEST_METRIC = 'mean_iu'
@@ -32,7 +44,7 @@ def create_manager(workdir: str, keep: int = 2) -> ocp.CheckpointManager:
   ])
   options = ocp.CheckpointManagerOptions(
       best_fn=_best_metric, best_mode='max', preservation_policy=policy,
-      create=True)
+      create=True, cleanup_tmp_directories=True)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
@@ -54,3 +66,91 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
   """
   step = manager.latest_step() if step is None else step
   return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+
+def corrupt_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), 'corrupt_checkpoints')
+
+
+def _quarantine(manager: ocp.CheckpointManager, workdir: str, step: int) -> str:
+  """Moves an unreadable step aside, so it is neither restored nor overwritten.
+
+  Kept rather than deleted, for inspection. Only process 0 moves it.
+  """
+  source = os.path.join(checkpoint_dir(workdir), str(step))
+  target = os.path.join(corrupt_dir(workdir), f'{step}-{int(time.time())}')
+  if jax.process_index() == 0 and os.path.exists(source):
+    os.makedirs(corrupt_dir(workdir), exist_ok=True)
+    os.rename(source, target)
+  manager.reload()
+  return target
+
+
+def _saved_shape_counts(step_dir: str) -> list[collections.Counter]:
+  """Array shapes+dtypes of each item saved in `step_dir`, from its metadata."""
+  counts = []
+  for root, _, files in os.walk(step_dir):
+    if '_METADATA' in files:
+      tree = ocp.StandardCheckpointer().metadata(root).item_metadata
+      counts.append(collections.Counter(
+          (tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(tree)))
+  return counts
+
+
+def _holds_other_structure(workdir: str, step: int, abstract_state) -> bool:
+  """Whether step's metadata is readable and describes another train state.
+
+  Tells "this config builds a different model or optimizer than the
+  checkpoint holds" (a user error: the checkpoint is fine and must stay) from
+  damaged files (unreadable metadata, or matching metadata but unreadable
+  arrays).
+  """
+  wanted = collections.Counter(
+      (tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(abstract_state))
+  try:
+    saved = _saved_shape_counts(
+        os.path.join(checkpoint_dir(workdir), str(step)))
+  except Exception:  # pylint: disable=broad-except
+    return False
+  saved = [counts for counts in saved if counts]  # Empty: unreadable.
+  return bool(saved) and wanted not in saved
+
+
+def restore_latest_valid(manager: ocp.CheckpointManager, workdir: str,
+                         abstract_state):
+  """Restores the newest readable checkpoint; None if there is none at all.
+
+  Unreadable checkpoints (truncated or missing files) are moved aside with a
+  warning, and the next older one is tried.
+
+  Raises:
+    fault_tolerance.ConfigError: if a checkpoint is intact but holds a train
+      state of other shapes (another model or optimizer) than `abstract_state`.
+    RuntimeError: if checkpoints exist but none of them can be read (rather
+      than silently training from scratch).
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  for step in steps:
+    try:
+      return restore(manager, abstract_state, step)
+    except Exception as e:  # pylint: disable=broad-except
+      # Orbax/TensorStore raise many types for damaged files; any failure to
+      # read a step whose metadata matches this config means it is unusable.
+      if _holds_other_structure(workdir, step, abstract_state):
+        raise fault_tolerance.ConfigError(
+            f'Checkpoint at step {step} in {checkpoint_dir(workdir)} holds '
+            'arrays of other shapes than this config builds (another model, '
+            'class count or optimizer): resume with the config it was '
+            'trained with, or use a new --workdir.') from e
+      target = _quarantine(manager, workdir, step)
+      reason = ' '.join(str(e).split())[:300]
+      logging.warning(
+          'Checkpoint at step %d is unreadable (%s: %s); moved it to %s and '
+          'falling back to the previous checkpoint.', step, type(e).__name__,
+          reason, target)
+  if steps:
+    raise RuntimeError(
+        f'No readable checkpoint in {checkpoint_dir(workdir)} (tried steps '
+        f'{steps}, moved to {corrupt_dir(workdir)}); refusing to start over '
+        'silently. Run again to train from scratch.')
+  return None

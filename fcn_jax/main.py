@@ -4,9 +4,14 @@
         [--config.KEY=VALUE ...]
 
 Running it again on the same workdir resumes from the latest checkpoint.
+Exit status: 0 finished, 1 error (bad flag or config value, workdir in use,
+non-finite loss; one line on stderr), 143 stopped by SIGTERM and 130 by SIGINT
+after writing a checkpoint (run the same command again to resume).
 """
 
 import logging as std_logging
+import shlex
+import sys
 
 import jax
 from absl import app
@@ -14,6 +19,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from fcn_jax import fault_tolerance
 from fcn_jax import train
 
 FLAGS = flags.FLAGS
@@ -41,8 +47,37 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except fault_tolerance.Interrupted as e:
+    command = ' '.join(['python -m fcn_jax.main'] +
+                       [shlex.quote(a) for a in sys.argv[1:]])
+    logging.warning('%s: %s', e, command)
+    sys.exit(e.exit_code)
+  except (fault_tolerance.ConfigError, fault_tolerance.WorkdirLockedError,
+          fault_tolerance.NonFiniteError) as e:
+    # Expected failures: one line saying what is wrong, no traceback.
+    logging.error('%s', e)
+    sys.exit(1)
+
+
+def parse_flags(argv):
+  """absl's flag parsing, plus a one-line error for an unknown config key.
+
+  ml_collections raises AttributeError (with a traceback) for
+  --config.NO_SUCH_KEY=...; report it like any other flag error.
+  """
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    key = str(e).strip('"\'')
+    flag = next((a for a in argv[1:] if a.startswith('--config.') and
+                 a.split('=')[0].endswith('.' + key)), f'--config.{key}')
+    sys.stderr.write(f'FATAL Flags parsing error: {flag.split("=")[0]}: no '
+                     f'such config key {key!r} (see the config file for the '
+                     'keys).\n')
+    sys.exit(1)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -9,9 +9,11 @@ data, logging, evaluation and checkpoints.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import json
 import os
+import signal
 import time
 from typing import Any
 
@@ -25,6 +27,7 @@ from absl import logging
 from flax.training import train_state
 
 from fcn_jax import checkpointing
+from fcn_jax import fault_tolerance
 from fcn_jax import convert
 from fcn_jax import input_pipeline
 from fcn_jax import losses
@@ -37,15 +40,32 @@ OPTIMIZERS = ('sgd', 'adam')
 LR_SCHEDULES = ('constant', 'cosine')
 
 
+ConfigError = fault_tolerance.ConfigError
+
+
 class TrainState(train_state.TrainState):
-  """Step, params and optimizer state (apply_fn and tx are static)."""
+  """Step, params and optimizer state (apply_fn and tx are static).
+
+  `skipped_updates` counts steps whose update was dropped for a non-finite
+  loss or gradient (config.skip_nonfinite); it is checkpointed with the rest.
+  """
+  skipped_updates: jax.Array | int = 0
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """One-line errors for bad config values, before anything is compiled."""
+def validate_config(config: ml_collections.ConfigDict,
+                    num_devices: int | None = None) -> None:
+  """One-line errors for bad config values, before anything is compiled.
+
+  Args:
+    config: the training config.
+    num_devices: devices the global batch is split over (default: all).
+
+  Raises:
+    ConfigError (a ValueError): naming the key, its value and what is wrong.
+  """
   def check(ok, key, message):
     if not ok:
-      raise ValueError(f'config.{key}={config[key]!r}: {message}')
+      raise ConfigError(f'config.{key}={config[key]!r}: {message}')
   check(config.model in models.VARIANTS, 'model',
         f'expected one of {models.VARIANTS}')
   check(input_pipeline.is_known_dataset(config.dataset), 'dataset',
@@ -67,6 +87,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for key in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
               'keep_checkpoints'):
     check(config[key] > 0, key, 'must be positive')
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  check(config.batch_size % num_devices == 0, 'batch_size',
+        f'must be a multiple of the number of devices ({num_devices})')
+  if config.eval_batch_size != -1:
+    check(config.eval_batch_size > 0 and
+          config.eval_batch_size % num_devices == 0, 'eval_batch_size',
+          f'must be -1 or a positive multiple of the number of devices '
+          f'({num_devices})')
 
 
 def resolve_num_classes(config: ml_collections.ConfigDict,
@@ -75,7 +103,7 @@ def resolve_num_classes(config: ml_collections.ConfigDict,
   if config.num_classes == -1:
     return info.num_classes
   if config.num_classes != info.num_classes:
-    raise ValueError(
+    raise ConfigError(
         f'config.num_classes={config.num_classes} contradicts dataset '
         f'{info.name!r}, which has {info.num_classes} classes; use -1 to take '
         'it from the dataset.')
@@ -149,8 +177,13 @@ def create_train_state(config, model, rng, mesh, image_size: int = 32):
 
 
 def train_step(state: TrainState, batch: dict, dropout_rng: jax.Array,
-               loss_normalization: str = 'sum'):
-  """One SGD step on a (globally sharded) batch. Returns (state, metrics)."""
+               loss_normalization: str = 'sum', skip_nonfinite: bool = False):
+  """One SGD step on a (globally sharded) batch. Returns (state, metrics).
+
+  With `skip_nonfinite`, an update whose loss or gradient is not finite is
+  dropped (params and optimizer state stay; the step counter advances, so
+  the data order is unchanged) and counted in `state.skipped_updates`.
+  """
   rng = jax.random.fold_in(dropout_rng, state.step)
 
   def loss_fn(params):
@@ -161,12 +194,25 @@ def train_step(state: TrainState, batch: dict, dropout_rng: jax.Array,
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   new_state = state.apply_gradients(grads=grads)
+  grad_norm = optax.global_norm(grads)
+  if skip_nonfinite:
+    new_state = _keep_state_if_nonfinite(
+        state, new_state, jnp.isfinite(loss) & jnp.isfinite(grad_norm))
   step_metrics = {
       'loss': loss,
-      'grad_norm': optax.global_norm(grads),
+      'grad_norm': grad_norm,
       'param_norm': optax.global_norm(new_state.params),
   }
   return new_state, step_metrics
+
+
+def _keep_state_if_nonfinite(state: TrainState, new_state: TrainState,
+                             finite: jax.Array) -> TrainState:
+  """new_state if `finite`, else state with only the step counter advanced."""
+  kept = state.replace(step=new_state.step,
+                       skipped_updates=state.skipped_updates + 1)
+  return jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                      new_state, kept)
 
 
 def eval_step(state: TrainState, hist: jax.Array, batch: dict,
@@ -193,7 +239,8 @@ def compile_steps(config, mesh):
   data = sharding.data_sharded(mesh)
   p_train_step = jax.jit(
       functools.partial(train_step,
-                        loss_normalization=config.loss_normalization),
+                        loss_normalization=config.loss_normalization,
+                        skip_nonfinite=config.get('skip_nonfinite', False)),
       in_shardings=(replicated, data, replicated),
       out_shardings=(replicated, replicated),
       donate_argnums=0)
@@ -248,8 +295,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   Returns the final validation scores (dict of segmentation_scores plus
   'step' and 'best_checkpoint').
+
+  Raises:
+    fault_tolerance.ConfigError: bad config, or one that contradicts the
+      workdir's checkpoints (before anything is compiled).
+    fault_tolerance.WorkdirLockedError: another trainer uses `workdir`.
+    fault_tolerance.NonFiniteError: non-finite loss or gradient.
+    fault_tolerance.Interrupted: SIGTERM/SIGINT; a checkpoint was written.
   """
   validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  # Everything registered on `cleanup` runs on every exit, errors included:
+  # above all it waits for an asynchronous checkpoint save to finish.
+  with contextlib.ExitStack() as cleanup:
+    cleanup.enter_context(fault_tolerance.WorkdirLock(
+        workdir, enabled=jax.process_index() == 0))
+    stop = cleanup.enter_context(fault_tolerance.StopSignals())
+    return _train_and_evaluate(config, workdir, stop, cleanup)
+
+
+def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
+  """train_and_evaluate, with the workdir locked and signals caught."""
   mesh = sharding.create_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
   eval_batch_size = (config.batch_size if config.eval_batch_size == -1
@@ -261,7 +327,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   config = ml_collections.ConfigDict(config.to_dict())
   config.num_classes = num_classes
 
-  os.makedirs(workdir, exist_ok=True)
+  manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
+  cleanup.callback(manager.close)
+  if manager.latest_step() is not None:
+    fault_tolerance.check_resume_config(
+        config, workdir, config.get('allow_config_change', False))
   if jax.process_index() == 0:
     save_config(config, workdir)
   logging.info('Devices: %d (%s), mesh %s', jax.device_count(),
@@ -277,9 +347,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   logging.info('Model %s (width %g): %s parameters.', config.model,
                config.width, f'{num_params:,}')
 
-  manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
-  if manager.latest_step() is not None:
-    state = checkpointing.restore(manager, state)
+  restored = checkpointing.restore_latest_valid(manager, workdir, state)
+  if restored is not None:
+    state = restored
     logging.info('Resumed from checkpoint at step %d in %s.', int(state.step),
                  checkpointing.checkpoint_dir(workdir))
   elif config.get('init_from'):
@@ -292,7 +362,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   train_ds = input_pipeline.train_dataset_from_config(train_source, config,
                                                       info)
   writer = writers.MetricWriter(workdir)
+  cleanup.callback(writer.close)
   dropout_rng = jax.device_put(dropout_rng, sharding.replicated(mesh))
+  faults = fault_tolerance.TestFaults.from_env()
 
   def run_eval(step):
     t0 = time.time()
@@ -306,6 +378,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   scores = None
   prefetch = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+  cleanup.callback(prefetch.shutdown, cancel_futures=True)
   next_batch = prefetch.submit(train_ds.__getitem__, start_step)
   timer_start, timer_step = time.time(), start_step
   train_losses = []
@@ -313,15 +386,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     batch = next_batch.result()
     if step < config.num_train_steps:
       next_batch = prefetch.submit(train_ds.__getitem__, step)
+    batch = faults.corrupt_batch(step, batch)
+    batch_ids = batch.get('id')
     batch = sharding.shard_batch({k: batch[k] for k in ('image', 'label')}, mesh)
     state, step_metrics = p_train_step(state, batch, dropout_rng)
     step_metrics = jax.device_get(step_metrics)
-    if not np.isfinite(step_metrics['loss']):
-      raise FloatingPointError(
-          f'Non-finite loss {step_metrics["loss"]} at step {step}; the last '
-          f'good checkpoint is step {manager.latest_step()} in '
-          f'{checkpointing.checkpoint_dir(workdir)}.')
-    train_losses.append(step_metrics['loss'])
+    if _is_finite(step_metrics):
+      train_losses.append(step_metrics['loss'])
+    else:
+      _handle_nonfinite(config, workdir, manager, state, step, step_metrics,
+                        batch_ids)
+    faults.after_step(step)
     if step == start_step + 1:
       # The first step includes compilation; time from here on for the ETA.
       timer_start, timer_step = time.time(), step
@@ -331,8 +406,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       rate = (step - timer_step) / elapsed if elapsed > 0 else float('nan')
       eta = (config.num_train_steps - step) / rate if rate > 0 else float('nan')
       record = {k: float(v) for k, v in step_metrics.items()}
-      record['loss'] = float(np.mean(train_losses))
+      record['loss'] = (float(np.mean(train_losses)) if train_losses
+                        else float('nan'))
       record['steps_per_sec'] = rate
+      if config.get('skip_nonfinite', False):
+        record['skipped_updates'] = int(jax.device_get(state.skipped_updates))
       train_losses = []
       writer.write(step, 'train', record)
       logging.info('Step %d/%d: loss %.4f, %.2f steps/s, ETA %s', step,
@@ -346,6 +424,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       evaluated_now = scores is not None and (step % config.eval_every_steps == 0
                                               or is_last)
       checkpointing.save(manager, step, state, scores if evaluated_now else None)
+      faults.after_save_started(step, saving=not os.path.isdir(
+          os.path.join(checkpointing.checkpoint_dir(workdir), str(step))))
+    if stop.requested:
+      _stop_on_signal(stop.signum, manager, workdir, step, state)
 
   prefetch.shutdown()
   if scores is None:  # Resumed a finished run: evaluate what we have.
@@ -362,6 +444,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   logging.info('Metrics: %s; TensorBoard: tensorboard --logdir=%s',
                os.path.join(workdir, writers.METRICS_FILE), workdir)
   return dict(scores, step=int(state.step), best_checkpoint=best_path)
+
+
+def _is_finite(step_metrics: dict) -> bool:
+  return bool(np.isfinite(step_metrics['loss']) and
+              np.isfinite(step_metrics['grad_norm']))
+
+
+def _handle_nonfinite(config, workdir, manager, state, step, step_metrics,
+                      batch_ids) -> None:
+  """Skips (config.skip_nonfinite) or stops on a non-finite loss/gradient."""
+  what = (f'loss {step_metrics["loss"]}, gradient norm '
+          f'{step_metrics["grad_norm"]} at step {step} (batch of image ids '
+          f'{_format_ids(batch_ids)})')
+  if config.get('skip_nonfinite', False):
+    logging.warning('Skipped the update of step %d: non-finite %s; %d updates '
+                    'skipped so far.', step, what,
+                    int(jax.device_get(state.skipped_updates)))
+    return
+  # Nothing of this step is saved; the cleanup waits for any save in flight.
+  manager.wait_until_finished()
+  raise fault_tolerance.NonFiniteError(
+      f'Non-finite {what}. Stopped without saving; the last good checkpoint '
+      f'is step {manager.latest_step()} in '
+      f'{checkpointing.checkpoint_dir(workdir)}. Lower the learning rate, '
+      'check those images, or set config.skip_nonfinite=True to skip such '
+      'updates.')
+
+
+def _format_ids(batch_ids) -> str:
+  if batch_ids is None:
+    return '?'
+  return '[' + ', '.join(str(i) for i in np.ravel(batch_ids).tolist()) + ']'
+
+
+def _stop_on_signal(signum, manager, workdir, step, state) -> None:
+  """Checkpoints `state` (unless step is saved already) and raises Interrupted."""
+  checkpointing.save(manager, step, state)
+  manager.wait_until_finished()
+  name = signal.Signals(signum).name
+  raise fault_tolerance.Interrupted(
+      f'Stopped by {name} after step {step}; checkpoint saved in '
+      f'{os.path.join(checkpointing.checkpoint_dir(workdir), str(step))}. '
+      'Run the same command again to resume', signum, step)
 
 
 def _format_duration(seconds: float) -> str:

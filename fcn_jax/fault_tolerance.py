@@ -1,0 +1,228 @@
+"""Surviving preemption and failures: signals, workdir lock, resume checks.
+
+What the training loop relies on (see README.md, "Fault tolerance"):
+
+* `StopSignals` turns SIGTERM (preemption notice) and SIGINT (Ctrl-C) into a
+  request the loop checks after every step; it then writes a checkpoint and
+  raises `Interrupted`, whose `exit_code` (143 or 130, i.e. 128 + signal) tells
+  schedulers the run is not finished. A second signal kills at once.
+* `WorkdirLock` is an exclusive `flock` on `<workdir>/.lock`. The kernel drops
+  it when the process dies, even by kill -9, so there is never a stale lock.
+* `check_resume_config` compares the run's config with the `config.json` saved
+  in the workdir on the keys that define the model and the data.
+* `TestFaults` injects failures for the fault-injection tests only, from the
+  FCN_JAX_TEST_FAULTS environment variable; it does nothing when it is unset.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import socket
+import threading
+
+import numpy as np
+from absl import logging
+
+# Keys that define what a checkpoint is: resuming with other values would load
+# parameters of another model, or train them on another problem.
+RESUME_KEYS = ('model', 'num_classes', 'dataset', 'width')
+LOCK_FILE = '.lock'
+FAULTS_ENV = 'FCN_JAX_TEST_FAULTS'
+FAULT_EVENTS = ('sigkill_after_step', 'sigkill_in_save', 'sigterm_after_step',
+                'sigint_after_step', 'nan_batch')
+
+
+class ConfigError(ValueError):
+  """A bad flag or config value, or a config that contradicts the workdir's."""
+
+
+class WorkdirLockedError(RuntimeError):
+  """Another trainer holds the workdir."""
+
+
+class NonFiniteError(FloatingPointError):
+  """A non-finite loss or gradient; the last good checkpoint is kept."""
+
+
+class Interrupted(Exception):
+  """Training stopped on SIGTERM/SIGINT after writing a checkpoint."""
+
+  def __init__(self, message: str, signum: int, step: int):
+    super().__init__(message)
+    self.signum = signum
+    self.step = step
+    # The shell's convention for "terminated by signal N".
+    self.exit_code = 128 + signum
+
+
+class StopSignals:
+  """Records SIGTERM/SIGINT so the loop can stop cleanly between steps.
+
+  Use as a context manager around the loop; the previous handlers come back
+  on exit. Outside the main thread (where Python cannot install handlers) it
+  does nothing and `signum` stays None.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signum = None
+    self._previous = {}
+
+  def __enter__(self) -> StopSignals:
+    if threading.current_thread() is threading.main_thread():
+      for signum in self.SIGNALS:
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}
+
+  @property
+  def requested(self) -> bool:
+    return self.signum is not None
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    if self.signum is not None:
+      # Second signal: the user insists. Die by it now; Orbax's atomic
+      # renames keep every finished checkpoint intact.
+      signal.signal(signum, signal.SIG_DFL)
+      os.kill(os.getpid(), signum)
+      return
+    self.signum = signum
+    logging.warning('Received %s: stopping after the current step and writing '
+                    'a checkpoint (send it again to stop at once).',
+                    signal.Signals(signum).name)
+
+
+class WorkdirLock:
+  """Exclusive lock on a workdir, held while training; one trainer per workdir.
+
+  Only JAX process 0 takes it (all processes of one job share the workdir).
+  `flock` locks belong to the open file, so they vanish with the process;
+  they do not work across machines on some network file systems.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.path = os.path.join(workdir, LOCK_FILE)
+    self._enabled = enabled
+    self._file = None
+
+  def __enter__(self) -> WorkdirLock:
+    if not self._enabled:
+      return self
+    f = open(self.path, 'a+')
+    try:
+      fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      f.seek(0)
+      holder = f.read().strip() or 'unknown process'
+      f.close()
+      raise WorkdirLockedError(
+          f'{os.path.dirname(self.path)} is in use by another trainer '
+          f'({holder}); wait for it to finish or use another --workdir.'
+      ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f'pid {os.getpid()} on {socket.gethostname()}\n')
+    f.flush()
+    self._file = f
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    if self._file is not None:
+      self._file.close()  # Closing the file releases the lock.
+      self._file = None
+
+
+def saved_config_path(workdir: str) -> str:
+  return os.path.join(workdir, 'config.json')
+
+
+def check_resume_config(config, workdir: str, allow_change: bool) -> None:
+  """Refuses to resume `workdir` with a config that defines another model.
+
+  Compares RESUME_KEYS of `config` (with num_classes already resolved) with
+  the workdir's saved config.json. Other keys (steps, learning rate, logging)
+  may change between runs: extending a finished run is a normal resume.
+
+  Raises:
+    ConfigError: if they differ and `allow_change` is False.
+  """
+  path = saved_config_path(workdir)
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f'{path} is unreadable ({e}); it describes the '
+                      'checkpoints in this workdir.') from None
+  changed = [k for k in RESUME_KEYS
+             if k in saved and saved[k] != config.get(k)]
+  if not changed:
+    return
+  diff = ', '.join(f'{k}: {saved[k]!r} -> {config.get(k)!r}' for k in changed)
+  if allow_change:
+    logging.warning('Resuming %s with a changed config (%s), as '
+                    'config.allow_config_change asks.', workdir, diff)
+    return
+  raise ConfigError(
+      f'{workdir} holds checkpoints of another config ({diff}); use a new '
+      '--workdir, or --config.allow_config_change=True to resume anyway.')
+
+
+class TestFaults:
+  """Fault injection for tests (never set in real runs).
+
+  FCN_JAX_TEST_FAULTS is a comma-separated list of EVENT@STEP with EVENT in
+  FAULT_EVENTS, e.g. 'sigkill_in_save@3,nan_batch@5':
+    sigkill_after_step / sigterm_after_step / sigint_after_step: the process
+      sends itself that signal right after training step STEP;
+    sigkill_in_save: kill -9 right after the (asynchronous) checkpoint save of
+      step STEP has started, while Orbax is still writing it;
+    nan_batch: the images of the batch of step STEP become NaN.
+  """
+
+  def __init__(self, spec: str = ''):
+    self._at = {}
+    for item in filter(None, (s.strip() for s in spec.split(','))):
+      event, _, step = item.partition('@')
+      if event not in FAULT_EVENTS or not step.isdigit():
+        raise ConfigError(f'{FAULTS_ENV}={spec!r}: expected EVENT@STEP items '
+                          f'with EVENT in {FAULT_EVENTS}.')
+      self._at[event] = int(step)
+
+  @classmethod
+  def from_env(cls) -> TestFaults:
+    return cls(os.environ.get(FAULTS_ENV, ''))
+
+  def _due(self, event: str, step: int) -> bool:
+    return self._at.get(event) == step
+
+  def corrupt_batch(self, step: int, batch: dict) -> dict:
+    if self._due('nan_batch', step):
+      logging.warning('%s: NaN images in the batch of step %d.', FAULTS_ENV,
+                      step)
+      batch = dict(batch, image=np.full_like(batch['image'], np.nan))
+    return batch
+
+  def after_step(self, step: int) -> None:
+    for event, signum in (('sigkill_after_step', signal.SIGKILL),
+                          ('sigterm_after_step', signal.SIGTERM),
+                          ('sigint_after_step', signal.SIGINT)):
+      if self._due(event, step):
+        logging.warning('%s: %s after step %d.', FAULTS_ENV, event, step)
+        os.kill(os.getpid(), signum)
+
+  def after_save_started(self, step: int, saving: bool) -> None:
+    if self._due('sigkill_in_save', step):
+      logging.warning('%s: kill -9 during the save of step %d (save still in '
+                      'progress: %s).', FAULTS_ENV, step, saving)
+      os.kill(os.getpid(), signal.SIGKILL)
