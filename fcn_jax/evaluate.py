@@ -1,0 +1,231 @@
+"""Evaluates a trained FCN on a whole split: the paper's four numbers.
+
+    python -m fcn_jax.evaluate --workdir=runs/fcn8s [--checkpoint=best]
+        [--split=val] [--config.dataset=voc --config.data_dir=...]
+
+One confusion matrix is summed over every pixel of the split, and pixel
+accuracy, mean accuracy, mean IU and frequency-weighted IU are computed from
+it once (never averaged over images), as in the reference score.py. Prints
+those and a per-class IoU table, and writes both as JSON plus a confusion
+matrix picture into the workdir:
+
+    <workdir>/eval_<split>_step<step>.json
+    <workdir>/eval_<split>_step<step>_confusion.png
+
+The dataset is the one in the workdir's config.json; --config.KEY=VALUE
+flags change it (e.g. evaluate a synthetic-trained model on more images).
+Each image is segmented at its own size (padded to a bucket shape and cropped
+back, see fcn_jax.inference), so datasets of mixed image sizes work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import ml_collections
+import numpy as np
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from fcn_jax import inference
+from fcn_jax import input_pipeline
+from fcn_jax import metrics as metrics_lib
+from fcn_jax import visualize
+from fcn_jax.configs import default as default_config
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string('workdir', None, 'Training workdir (config.json + '
+                    'checkpoints/).')
+flags.DEFINE_string('checkpoint', 'best', "'best' (highest validation mean "
+                    "IU), 'latest', a step number, or a checkpoint path.")
+flags.DEFINE_enum('split', 'val', ['val', 'train'], 'Split to evaluate.')
+flags.DEFINE_integer('max_images', 0, 'Evaluate only the first N images '
+                     '(0 = the whole split).')
+flags.DEFINE_bool('tta', False, 'Test-time augmentation (flips and scales).')
+flags.DEFINE_integer('window', 0, 'Sliding-window size for large images '
+                     '(0 = whole images).')
+flags.DEFINE_enum('dtype', '', ['', 'float32', 'bfloat16'],
+                  "Computation dtype ('' = the training config's).")
+flags.DEFINE_string('output_dir', None, 'Where to write the JSON and plot '
+                    '(default: the workdir).')
+config_flags.DEFINE_config_dict(
+    'config', default_config.get_config(),
+    'Overrides of the workdir config.json, e.g. --config.dataset=voc.',
+    lock_config=False)
+flags.mark_flags_as_required(['workdir'])
+
+
+def _progress(done: int, total: int, start: float) -> None:
+  """A one-line progress bar with images done and ETA, on stderr."""
+  elapsed = time.time() - start
+  rate = done / elapsed if elapsed > 0 else 0.0
+  eta = (total - done) / rate if rate > 0 else float('nan')
+  width = 30
+  filled = int(width * done / max(total, 1))
+  eta_text = f'{int(eta) // 60}m{int(eta) % 60:02d}s' if np.isfinite(eta) else '?'
+  sys.stderr.write(f'\r[{"#" * filled}{"." * (width - filled)}] {done}/{total}'
+                   f' images, {rate:.1f} img/s, ETA {eta_text}  ')
+  if done == total:
+    sys.stderr.write('\n')
+  sys.stderr.flush()
+
+
+def confusion(labels: np.ndarray, preds: np.ndarray, num_classes: int
+              ) -> np.ndarray:
+  """Host-side confusion matrix of one image (ignore label 255 skipped)."""
+  labels = np.asarray(labels, np.int64).reshape(-1)
+  preds = np.asarray(preds, np.int64).reshape(-1)
+  valid = (labels >= 0) & (labels < num_classes)
+  return np.bincount(num_classes * labels[valid] + preds[valid],
+                     minlength=num_classes**2).reshape(num_classes,
+                                                       num_classes)
+
+
+def evaluate_segmenter(segmenter: inference.Segmenter, source,
+                       max_images: int = 0, progress: bool = True,
+                       **predict_kwargs) -> dict[str, Any]:
+  """Scores `segmenter` on every example of `source` (one global histogram).
+
+  Returns segmentation_scores plus 'confusion_matrix', 'num_images',
+  'compilations' and 'seconds'.
+  """
+  num_classes = segmenter.num_classes
+  total = len(source) if not max_images else min(max_images, len(source))
+  if total == 0:
+    raise ValueError('The split holds no images.')
+  hist = np.zeros((num_classes, num_classes), np.int64)
+  compiled_before = segmenter.num_compilations
+  start = time.time()
+  for index in range(total):
+    example = source[index]
+    labels = np.asarray(example['label'])
+    preds = segmenter.segment(example['image'], **predict_kwargs)
+    if preds.shape != labels.shape:
+      raise ValueError(f'Example {index}: prediction {preds.shape} and label '
+                       f'{labels.shape} differ in size.')
+    hist += confusion(labels, preds, num_classes)
+    if progress:
+      _progress(index + 1, total, start)
+  scores = metrics_lib.segmentation_scores(hist)
+  scores.update(confusion_matrix=hist.tolist(), num_images=total,
+                compilations=segmenter.num_compilations - compiled_before,
+                seconds=time.time() - start)
+  return scores
+
+
+def per_class_table(scores: dict, class_names) -> str:
+  """Per-class IoU, accuracy and pixel count as an aligned text table."""
+  hist = np.asarray(scores['confusion_matrix'], np.float64)
+  gt = hist.sum(axis=1)
+  with np.errstate(divide='ignore', invalid='ignore'):
+    acc = np.diag(hist) / gt
+  width = max(len('class'), *(len(n) for n in class_names))
+  lines = [f'{"class":<{width}}  {"IoU":>7}  {"acc":>7}  {"pixels":>10}']
+  for name, iu, a, n in zip(class_names, scores['per_class_iu'], acc, gt):
+    lines.append(f'{name:<{width}}  {_pct(iu):>7}  {_pct(a):>7}  {int(n):>10}')
+  return '\n'.join(lines)
+
+
+def _pct(value: float) -> str:
+  return 'n/a' if value is None or not np.isfinite(value) else f'{100 * value:.2f}'
+
+
+def _json_safe(value):
+  if isinstance(value, float) and not np.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: _json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_safe(v) for v in value]
+  return value
+
+
+def write_results(scores: dict, class_names, output_dir: str, split: str,
+                  step: int | None, extra: dict) -> tuple[str, str]:
+  """Writes the scores JSON and the confusion-matrix PNG; returns both paths."""
+  os.makedirs(output_dir, exist_ok=True)
+  tag = f'eval_{split}_step{step if step is not None else "unknown"}'
+  record = dict(extra, split=split, step=step, class_names=list(class_names),
+                **scores)
+  record['per_class_iu'] = dict(zip(class_names, scores['per_class_iu']))
+  json_path = os.path.join(output_dir, f'{tag}.json')
+  with open(json_path + '.tmp', 'w') as f:
+    json.dump(_json_safe(record), f, indent=2)
+  os.replace(json_path + '.tmp', json_path)
+  png_path = os.path.join(output_dir, f'{tag}_confusion.png')
+  visualize.confusion_matrix_image(np.asarray(scores['confusion_matrix']),
+                                   class_names).save(png_path)
+  return json_path, png_path
+
+
+def run(workdir: str, checkpoint: str = 'best', split: str = 'val',
+        overrides: dict | None = None, max_images: int = 0,
+        output_dir: str | None = None, dtype: str = '', progress: bool = True,
+        **predict_kwargs) -> dict:
+  """Loads, evaluates, prints and writes; returns the JSON record."""
+  segmenter = inference.load(workdir, checkpoint,
+                             config_overrides=overrides or {},
+                             dtype=dtype or None)
+  config = segmenter.config
+  train_source, val_source, info = input_pipeline.create_datasets(config)
+  if info.num_classes != segmenter.num_classes:
+    raise inference.CheckpointError(
+        f'{segmenter.checkpoint}: the model has {segmenter.num_classes} '
+        f'classes but dataset {info.name!r} has {info.num_classes}.')
+  source = val_source if split == 'val' else train_source
+  class_names = tuple(info.class_names)
+  step = inference.checkpoint_step(segmenter.checkpoint)
+  logging.info('Evaluating %s (step %s) on %s/%s: %d images.',
+               segmenter.checkpoint, step, info.name, split, len(source))
+  scores = evaluate_segmenter(segmenter, source, max_images, progress,
+                              **predict_kwargs)
+  extra = dict(checkpoint=segmenter.checkpoint, dataset=info.name,
+               model=config.model)
+  json_path, png_path = write_results(scores, class_names,
+                                      output_dir or workdir, split, step, extra)
+  print(f'{info.name}/{split}, {scores["num_images"]} images, checkpoint '
+        f'{segmenter.checkpoint}:')
+  print(f'  pixel accuracy      {_pct(scores["overall_acc"])}')
+  print(f'  mean accuracy       {_pct(scores["mean_acc"])}')
+  print(f'  mean IU             {_pct(scores["mean_iu"])}')
+  print(f'  frequency-weighted  {_pct(scores["fwavacc"])}')
+  print(per_class_table(scores, class_names))
+  print(f'{scores["compilations"]} compilation(s), {scores["seconds"]:.1f}s. '
+        f'Wrote {json_path} and {png_path}.')
+  with open(json_path) as f:
+    return json.load(f)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  inference.quiet_library_logs()
+  overrides = config_flags.get_override_values(FLAGS['config'])
+  overrides = _flatten(overrides)
+  try:
+    run(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, overrides,
+        FLAGS.max_images, FLAGS.output_dir, FLAGS.dtype, tta=FLAGS.tta,
+        window=FLAGS.window or None)
+  except (inference.CheckpointError, ValueError, FileNotFoundError) as e:
+    sys.exit(f'Error: {e}')
+
+
+def _flatten(values: dict, prefix: str = '') -> dict:
+  flat = {}
+  for key, value in values.items():
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      flat.update(_flatten(dict(value), f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+if __name__ == '__main__':
+  app.run(main)

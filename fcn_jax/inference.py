@@ -1,0 +1,720 @@
+"""Segmenting images with a trained FCN: the notebook API behind predict/evaluate.
+
+    from fcn_jax import inference
+    segmenter = inference.load('runs/fcn8s')        # workdir or checkpoint
+    labels = segmenter.segment(image)                # numpy/PIL -> (H, W)
+
+`load` reads `<workdir>/config.json` and restores only the parameters from
+`<workdir>/checkpoints/<step>` (no optimizer state). A checkpoint without a
+config beside it (e.g. converted reference weights) works too: the
+architecture is read off the parameter shapes.
+
+Any image size works (the FCN is fully convolutional), but each new input
+shape costs a compilation. So images are padded at the bottom and right to
+one of a few bucket shapes (`bucket_size`), run, and the prediction is cropped
+back. Padding is done after mean subtraction with zeros, which is what the
+network's own conv1_1 padding feeds it; predictions are identical to the
+exact-size ones except where the receptive field reaches the extra padding
+(measured in tests/test_inference.py and README.md).
+
+Options: horizontal-flip and multi-scale test-time augmentation (averaged
+softmax probabilities), sliding-window inference for large images, and a
+bfloat16 computation dtype (parameters stay float32).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging as std_logging
+import os
+import re
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from PIL import Image
+
+from fcn_jax import input_pipeline
+from fcn_jax import models
+from fcn_jax import train
+from fcn_jax.configs import default as default_config
+
+CONFIG_FILE = 'config.json'
+CHECKPOINTS = 'checkpoints'
+DEFAULT_TTA_SCALES = (0.75, 1.0, 1.25)
+
+
+class CheckpointError(ValueError):
+  """A checkpoint is missing, unreadable or does not fit the model."""
+
+
+class ImageError(ValueError):
+  """An input image cannot be read or is in an unusable format."""
+
+
+# ---------------------------------------------------------------------------
+# Images.
+
+
+def read_image(path: str) -> tuple[np.ndarray, list[str]]:
+  """Reads an image file as (H, W, 3) uint8 RGB.
+
+  Returns the image and notes on conversions made (grayscale, alpha, 16-bit),
+  which callers should show the user. Raises ImageError naming the file.
+  """
+  try:
+    with Image.open(path) as image:
+      image.load()  # Decode now: truncated files fail here, not later.
+      return to_rgb(image, name=path)
+  except ImageError:
+    raise
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise ImageError(f'{path}: cannot read image ({e}).') from e
+
+
+def to_rgb(image: Any, name: str = 'image') -> tuple[np.ndarray, list[str]]:
+  """A PIL image or numpy array -> ((H, W, 3) uint8 RGB, conversion notes).
+
+  Accepted: RGB; grayscale (replicated to three channels); RGBA/LA (alpha
+  ignored); palette and CMYK images (converted); 16-bit grayscale or RGB
+  (scaled to 8 bits by /257). Floating-point data is refused, since its
+  range (0-1 or 0-255) cannot be told reliably.
+  """
+  notes = []
+  if isinstance(image, Image.Image):
+    mode = image.mode
+    if mode in ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I'):
+      array = np.asarray(image).astype(np.int64)
+    elif mode == 'F':
+      raise ImageError(f'{name}: floating-point image (mode F) is not '
+                       'supported; save it as 8-bit RGB.')
+    elif mode in ('RGB', 'L', 'RGBA', 'LA'):
+      array = np.asarray(image)
+    elif mode == 'P':
+      has_alpha = 'transparency' in image.info
+      array = np.asarray(image.convert('RGBA' if has_alpha else 'RGB'))
+    elif mode == '1':
+      array = np.asarray(image.convert('L'))
+    else:
+      notes.append(f'{mode} image converted to RGB')
+      try:
+        array = np.asarray(image.convert('RGB'))
+      except (ValueError, OSError) as e:
+        raise ImageError(f'{name}: cannot convert mode {mode} to RGB ({e}).')
+  else:
+    array = np.asarray(image)
+  return _array_to_rgb(array, name, notes)
+
+
+def _array_to_rgb(array: np.ndarray, name: str,
+                  notes: list[str]) -> tuple[np.ndarray, list[str]]:
+  if array.dtype.kind == 'f':
+    raise ImageError(f'{name}: {array.dtype} pixels are ambiguous (0-1 or '
+                     '0-255?); pass uint8 RGB, e.g. (x * 255).astype(np.uint8).')
+  if array.dtype.kind not in 'uib':
+    raise ImageError(f'{name}: unsupported pixel type {array.dtype}.')
+  if array.ndim == 3 and array.shape[-1] == 1:
+    array = array[..., 0]
+  if array.ndim == 2:
+    notes.append('grayscale image: grey copied to R, G and B')
+    array = np.stack([array] * 3, axis=-1)
+  elif array.ndim == 3 and array.shape[-1] in (2, 4):
+    notes.append('alpha channel ignored')
+    array = array[..., :-1]
+    if array.shape[-1] == 1:
+      array = np.repeat(array, 3, axis=-1)
+  if array.ndim != 3 or array.shape[-1] != 3:
+    raise ImageError(f'{name}: expected an (H, W, 3) RGB image, got shape '
+                     f'{array.shape}.')
+  if array.shape[0] < 1 or array.shape[1] < 1:
+    raise ImageError(f'{name}: empty image of shape {array.shape}.')
+  if array.dtype != np.uint8:
+    low, high = int(array.min()), int(array.max())
+    if low < 0 or high > 65535:
+      raise ImageError(f'{name}: pixel values {low}..{high} fit neither 8 '
+                       'nor 16 bits.')
+    if array.dtype.itemsize > 1 and high > 255:
+      notes.append('16-bit image scaled to 8 bits')
+      array = np.round(array.astype(np.float64) / 257.0)
+    array = array.astype(np.uint8)
+  return np.ascontiguousarray(array), notes
+
+
+def _resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  return np.asarray(Image.fromarray(image).resize((width, height),
+                                                  Image.BILINEAR))
+
+
+def _resize_maps(maps: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Bilinear resize of (h, w, C) float32 maps, channel by channel on the host
+  (a jitted resize would compile once per image size)."""
+  return np.stack([
+      np.asarray(Image.fromarray(maps[..., c]).resize((width, height),
+                                                      Image.BILINEAR))
+      for c in range(maps.shape[-1])], axis=-1)
+
+
+# ---------------------------------------------------------------------------
+# Buckets.
+
+
+def bucket_size(n: int) -> int:
+  """The padded size of a side of `n` pixels.
+
+  Multiples of 32 up to 256, of 64 up to 512, of 128 up to 1024, of 256
+  beyond: at most ~25% extra pixels per side (less for typical sizes), and a
+  handful of shapes for a folder of photos (VOC: 384 or 512 per side).
+  """
+  if n < 1:
+    raise ValueError(f'Image side must be positive, got {n}.')
+  for limit, step in ((256, 32), (512, 64), (1024, 128)):
+    if n <= limit:
+      return -(-n // step) * step
+  return -(-n // 256) * 256
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+  shifted = logits - logits.max(axis=-1, keepdims=True)
+  e = np.exp(shifted)
+  return e / e.sum(axis=-1, keepdims=True)
+
+
+def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+  """Start offsets of tiles of `tile` covering [0, length), evenly spread,
+  each pair of neighbours overlapping by at least `overlap`."""
+  if length <= tile:
+    return [0]
+  stride = max(1, tile - overlap)
+  count = -(-(length - tile) // stride) + 1
+  return [round(i * (length - tile) / (count - 1)) for i in range(count)]
+
+
+# ---------------------------------------------------------------------------
+# The segmenter.
+
+
+@dataclasses.dataclass
+class Segmenter:
+  """A loaded FCN that segments images of any size.
+
+  Attributes:
+    model: the flax FCN module.
+    params: its parameters.
+    config: the (training) config the model was built from.
+    class_names: one name per class.
+    palette: (num_classes, 3) uint8 RGB colours.
+    checkpoint: where the parameters came from.
+    bucket: pad inputs to `bucket_size` shapes (False: compile every shape).
+    compiled_shapes: input shapes the forward pass was compiled for, in
+      order (one entry per compilation; its length is the compile count).
+  """
+  model: models.FCN
+  params: Any
+  config: ml_collections.ConfigDict
+  class_names: tuple[str, ...]
+  palette: np.ndarray
+  checkpoint: str = ''
+  bucket: bool = True
+  compiled_shapes: list = dataclasses.field(default_factory=list)
+
+  def __post_init__(self):
+    self.params = jax.device_put(self.params)
+    self._forward = jax.jit(self._forward_fn)
+
+  @property
+  def num_classes(self) -> int:
+    return self.model.num_classes
+
+  @property
+  def num_compilations(self) -> int:
+    return len(self.compiled_shapes)
+
+  def _forward_fn(self, params, images: jax.Array, sizes: jax.Array):
+    """uint8 RGB (N, Hb, Wb, 3) + valid (N, 2) sizes -> float32 logits."""
+    # Runs once per compilation (tracing), never per call.
+    self.compiled_shapes.append(tuple(images.shape))
+    return forward(self.model, params, images, sizes)
+
+  def logits(self, image: Any) -> np.ndarray:
+    """(H, W, C) float32 logits of one RGB image, exactly its size."""
+    rgb, _ = to_rgb(image)
+    height, width = rgb.shape[:2]
+    if self.bucket:
+      padded_h, padded_w = bucket_size(height), bucket_size(width)
+    else:
+      padded_h, padded_w = height, width
+    batch = np.zeros((1, padded_h, padded_w, 3), np.uint8)
+    batch[0, :height, :width] = rgb
+    sizes = np.array([[height, width]], np.int32)
+    out = self._forward(self.params, batch, sizes)
+    return np.asarray(jax.device_get(out))[0, :height, :width]
+
+  def _probabilities_one_scale(self, rgb: np.ndarray, window: int | None,
+                               overlap: float) -> np.ndarray:
+    height, width = rgb.shape[:2]
+    if not window or (height <= window and width <= window):
+      return _softmax(self.logits(rgb))
+    # Sliding window: same-size tiles (one compilation), probabilities
+    # averaged where tiles overlap.
+    tile_h, tile_w = min(window, height), min(window, width)
+    margin = int(round(overlap * window))
+    total = np.zeros((height, width, self.num_classes), np.float32)
+    count = np.zeros((height, width, 1), np.float32)
+    for top in _tile_starts(height, tile_h, margin):
+      for left in _tile_starts(width, tile_w, margin):
+        crop = rgb[top:top + tile_h, left:left + tile_w]
+        total[top:top + tile_h, left:left + tile_w] += _softmax(
+            self.logits(crop))
+        count[top:top + tile_h, left:left + tile_w] += 1
+    return total / count
+
+  def probabilities(self, image: Any, tta: bool = False,
+                    scales: Sequence[float] | None = None,
+                    flip: bool | None = None, window: int | None = None,
+                    overlap: float = 1 / 3) -> np.ndarray:
+    """(H, W, C) float32 class probabilities for one image of any size.
+
+    Args:
+      image: (H, W, 3) uint8 RGB array or PIL image (grayscale, RGBA and
+        16-bit are converted).
+      tta: test-time augmentation: average the softmax over `scales` and
+        horizontal flips.
+      scales: image scales of the augmentation (default DEFAULT_TTA_SCALES
+        with tta, else (1.0,)).
+      flip: add horizontally flipped copies (default: tta).
+      window: if set, images with a side larger than this are processed in
+        overlapping window x window tiles whose probabilities are averaged.
+      overlap: tile overlap as a fraction of `window`.
+    """
+    rgb, _ = to_rgb(image)
+    height, width = rgb.shape[:2]
+    if scales is None:
+      scales = DEFAULT_TTA_SCALES if tta else (1.0,)
+    flip = tta if flip is None else flip
+    total = np.zeros((height, width, self.num_classes), np.float32)
+    for scale in scales:
+      size_h = max(1, int(round(height * scale)))
+      size_w = max(1, int(round(width * scale)))
+      scaled = rgb if (size_h, size_w) == (height, width) else _resize_image(
+          rgb, size_h, size_w)
+      views = [self._probabilities_one_scale(scaled, window, overlap)]
+      if flip:
+        flipped = self._probabilities_one_scale(
+            np.ascontiguousarray(scaled[:, ::-1]), window, overlap)
+        views.append(flipped[:, ::-1])
+      for probs in views:
+        if probs.shape[:2] != (height, width):
+          probs = _resize_maps(probs, height, width)
+        total += probs
+    return total / (len(scales) * (2 if flip else 1))
+
+  def segment(self, image: Any, **kwargs) -> np.ndarray:
+    """(H, W) class indices (uint8 if they fit, else int32); `kwargs` as in
+    `probabilities`."""
+    labels = np.argmax(self.probabilities(image, **kwargs), axis=-1)
+    return labels.astype(np.uint8 if self.num_classes <= 256 else np.int32)
+
+
+def forward(model: models.FCN, params, images: jax.Array,
+            sizes: jax.Array) -> jax.Array:
+  """Logits of bottom/right-padded uint8 RGB images.
+
+  The reference preprocessing (RGB -> BGR, minus the mean) happens here; then
+  every pixel outside an image's valid (height, width) is set to zero, i.e.
+  the padding is exactly what conv1_1's own zero padding feeds the network.
+  """
+  x = images[..., ::-1].astype(jnp.float32) - jnp.asarray(models.MEAN_BGR,
+                                                          jnp.float32)
+  rows = jnp.arange(images.shape[1])[None, :, None]
+  cols = jnp.arange(images.shape[2])[None, None, :]
+  valid = (rows < sizes[:, 0, None, None]) & (cols < sizes[:, 1, None, None])
+  x = jnp.where(valid[..., None], x, 0.0)
+  return model.apply({'params': params}, x, train=False)
+
+
+# ---------------------------------------------------------------------------
+# Loading.
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """`<workdir>/config.json` over the current defaults (for keys added since)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f'{path}: cannot read the run config ({e}).') from e
+  config = default_config.get_config()
+  _merge(config, saved)
+  return config
+
+
+def _merge(config: ml_collections.ConfigDict, values: dict) -> None:
+  for key, value in values.items():
+    if isinstance(value, dict) and isinstance(config.get(key),
+                                              ml_collections.ConfigDict):
+      _merge(config[key], value)
+    else:
+      with config.ignore_type():
+        config[key] = value
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+  """Sets dotted keys ('synthetic.val_size') on a copy of `config`."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      node = node[parent]
+    with node.ignore_type():
+      node[leaf] = value
+  return config
+
+
+def _step_dirs(checkpoints_dir: str) -> dict[int, str]:
+  """Finished checkpoint steps (Orbax renames a step dir only once complete)."""
+  steps = {}
+  for name in os.listdir(checkpoints_dir):
+    if name.isdigit() and os.path.isdir(os.path.join(checkpoints_dir, name)):
+      steps[int(name)] = os.path.join(checkpoints_dir, name)
+  return steps
+
+
+def _best_step(checkpoints_dir: str, steps: dict[int, str]) -> int | None:
+  """The step with the highest saved validation mean IU, if any has one."""
+  best, best_value = None, -np.inf
+  for step, path in steps.items():
+    metrics_file = os.path.join(path, 'metrics', 'metrics')
+    try:
+      with open(metrics_file) as f:
+        value = float(json.load(f)['mean_iu'])
+    except (OSError, ValueError, KeyError, TypeError):
+      continue
+    if value > best_value or (value == best_value and step > best):
+      best, best_value = step, value
+  return best
+
+
+def resolve_checkpoint(workdir: str, checkpoint: str | int = 'best') -> str:
+  """The checkpoint directory named by `checkpoint` for a workdir.
+
+  Args:
+    workdir: a training workdir (holding `checkpoints/`).
+    checkpoint: 'best' (highest validation mean IU; the latest if none was
+      ranked), 'latest', a step number, or a path to a checkpoint.
+  """
+  checkpoint = str(checkpoint)
+  if checkpoint not in ('best', 'latest') and not checkpoint.isdigit():
+    if not os.path.exists(checkpoint):
+      raise CheckpointError(f'{checkpoint}: checkpoint does not exist.')
+    return os.path.abspath(checkpoint)
+  checkpoints_dir = os.path.join(workdir, CHECKPOINTS)
+  if not os.path.isdir(checkpoints_dir):
+    raise CheckpointError(f'{checkpoints_dir}: no checkpoints (is {workdir} '
+                          'a training workdir?).')
+  steps = _step_dirs(checkpoints_dir)
+  if not steps:
+    raise CheckpointError(f'{checkpoints_dir}: holds no finished checkpoint.')
+  if checkpoint.isdigit():
+    if int(checkpoint) not in steps:
+      raise CheckpointError(
+          f'{checkpoints_dir}: no checkpoint at step {checkpoint}; available '
+          f'steps: {sorted(steps)}.')
+    return steps[int(checkpoint)]
+  step = _best_step(checkpoints_dir, steps) if checkpoint == 'best' else None
+  if step is None:
+    step = max(steps)
+  return steps[step]
+
+
+def _item_dirs(path: str) -> list[str]:
+  """Orbax PyTree directories (holding `_METADATA`) at or below `path`."""
+  if os.path.isfile(os.path.join(path, '_METADATA')):
+    return [path]
+  found = []
+  for name in sorted(os.listdir(path)):
+    sub = os.path.join(path, name)
+    if os.path.isfile(os.path.join(sub, '_METADATA')):
+      # The train state is the 'default' item of a CheckpointManager step.
+      if name in ('default', 'state'):
+        found.insert(0, sub)
+      else:
+        found.append(sub)
+  return found
+
+
+def _params_subtree(tree: Any) -> tuple[Any, str | None]:
+  """The parameters in a saved tree: TrainState-like {'params': ...} or the
+  parameter dict itself (keys conv1_1, ...)."""
+  if isinstance(tree, dict):
+    if 'params' in tree and isinstance(tree['params'], dict):
+      inner, _ = _params_subtree(tree['params'])
+      if inner is not None:
+        return tree['params'], 'params'
+    if 'conv1_1' in tree:
+      return tree, None
+  return None, None
+
+
+def restore_params(path: str) -> dict:
+  """Restores only the model parameters (as numpy) from an Orbax checkpoint.
+
+  `path` is a step directory of a CheckpointManager or a PyTree checkpoint
+  directory; optimizer state and other items are not read.
+  """
+  if not os.path.isdir(path):
+    raise CheckpointError(f'{path}: checkpoint does not exist or is not a '
+                          'directory.')
+  checkpointer = ocp.PyTreeCheckpointer()
+  errors = []
+  for item in _item_dirs(path):
+    try:
+      metadata = checkpointer.metadata(item).item_metadata
+    except Exception as e:  # pylint: disable=broad-except
+      metadata = None
+      errors.append(f'{item}: {_first_line(e)}')
+    if metadata is None:
+      errors.append(f'{item}: unreadable metadata')
+      continue
+    tree = _to_dict(metadata)
+    params_meta, key = _params_subtree(tree)
+    if params_meta is None:
+      continue
+    target = jax.tree.map(lambda m: np.zeros((), m.dtype), params_meta)
+    restore_args = jax.tree.map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+    if key is not None:
+      target, restore_args = {key: target}, {key: restore_args}
+    try:
+      restored = checkpointer.restore(
+          item, args=ocp.args.PyTreeRestore(
+              item=target, restore_args=restore_args,
+              partial_restore=True))
+    except Exception as e:  # pylint: disable=broad-except
+      # TensorStore/Orbax raise many types for damaged files.
+      raise CheckpointError(f'{item}: cannot read the checkpoint (corrupt or '
+                            f'incomplete?): {_first_line(e)}') from e
+    return restored[key] if key is not None else restored
+  if errors:
+    raise CheckpointError(f'{errors[-1].split(": ")[0]}: cannot read the '
+                          'checkpoint (corrupt or incomplete?): '
+                          f'{"; ".join(e.split(": ", 1)[1] for e in errors)}.')
+  raise CheckpointError(f'{path}: not a readable fcn_jax checkpoint: no '
+                        'saved tree with model parameters.')
+
+
+def _to_dict(tree: Any) -> Any:
+  if hasattr(tree, 'keys') and not hasattr(tree, 'shape'):
+    return {k: _to_dict(tree[k]) for k in tree.keys()}
+  return tree
+
+
+def _first_line(e: Any) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def infer_architecture(params: dict) -> dict[str, Any]:
+  """Model settings read off parameter names and shapes.
+
+  FCN-8s and FCN-8s at-once have the same parameters (at-once only scales
+  the skip inputs), so the variant 'fcn8s' is assumed for both.
+  """
+  try:
+    conv1 = np.shape(params['conv1_1']['kernel'])[-1]
+    num_classes = np.shape(params['score_fr']['kernel'])[-1]
+  except (KeyError, TypeError) as e:
+    raise CheckpointError(f'Parameters lack {e}; not an FCN checkpoint.')
+  if 'score_pool3' in params:
+    variant = 'fcn8s'
+  elif 'score_pool4' in params:
+    variant = 'fcn16s'
+  else:
+    variant = 'fcn32s'
+  return dict(model=variant, num_classes=int(num_classes),
+              width=conv1 / models.VGG16_BLOCKS[0][1],
+              learn_upsampling=any(k.startswith('upscore') for k in params))
+
+
+def _find_config_dir(checkpoint_path: str) -> str | None:
+  """The workdir of a checkpoint: the nearest ancestor with config.json."""
+  path = os.path.abspath(checkpoint_path)
+  for _ in range(4):
+    if os.path.isfile(os.path.join(path, CONFIG_FILE)):
+      return path
+    path = os.path.dirname(path)
+  return None
+
+
+def check_params_fit(model: models.FCN, params: dict, source: str) -> None:
+  """Raises CheckpointError listing how `params` differ from what `model`
+  expects (missing, unexpected or differently shaped arrays)."""
+  expected = jax.eval_shape(
+      lambda: models.init_params(model, jax.random.key(0)))
+  flat_expected = {_path(p): x.shape for p, x in
+                   jax.tree_util.tree_leaves_with_path(expected)}
+  flat_saved = {_path(p): np.shape(x) for p, x in
+                jax.tree_util.tree_leaves_with_path(params)}
+  problems = []
+  missing = sorted(set(flat_expected) - set(flat_saved))
+  extra = sorted(set(flat_saved) - set(flat_expected))
+  if missing:
+    problems.append(f'missing {", ".join(missing[:4])}'
+                    + (' ...' if len(missing) > 4 else ''))
+  if extra:
+    problems.append(f'unexpected {", ".join(extra[:4])}'
+                    + (' ...' if len(extra) > 4 else ''))
+  for name in sorted(set(flat_expected) & set(flat_saved)):
+    if tuple(flat_expected[name]) != tuple(flat_saved[name]):
+      problems.append(f'{name} is {tuple(flat_saved[name])} in the checkpoint '
+                      f'but {tuple(flat_expected[name])} in the model')
+  if problems:
+    found = infer_architecture(params) if 'score_fr' in params else {}
+    hint = (f' The checkpoint looks like {found["model"]} with '
+            f'{found["num_classes"]} classes and width {found["width"]:g}.'
+            if found else '')
+    raise CheckpointError(
+        f'{source}: does not fit model {model.variant} with '
+        f'{model.num_classes} classes and width {model.width:g}: '
+        f'{"; ".join(problems[:3])}.{hint}')
+
+
+def _path(path) -> str:
+  return '/'.join(str(getattr(k, 'key', k)) for k in path)
+
+
+def dataset_meta(config: ml_collections.ConfigDict,
+                 num_classes: int) -> tuple[tuple[str, ...], np.ndarray]:
+  """Class names and palette for `config.dataset`.
+
+  Reads the dataset's meta data when the dataset is available here; otherwise
+  (e.g. predicting on a machine without the training data) VOC's names for 21
+  classes and numbered names else, with the VOC colour map.
+  """
+  try:
+    _, _, info = input_pipeline.create_datasets(config)
+    if info.num_classes == num_classes:
+      return tuple(info.class_names), np.asarray(info.palette, np.uint8)
+  except Exception as e:  # pylint: disable=broad-except
+    logging.info('Dataset %r not available for class names (%s).',
+                 config.get('dataset'), _first_line(e))
+  names = tuple(f'class_{i}' for i in range(num_classes))
+  if num_classes == len(VOC_CLASS_NAMES):
+    names = VOC_CLASS_NAMES
+  return names, input_pipeline.voc_palette(num_classes)
+
+
+# The 21 PASCAL VOC classes, index order (background = 0).
+VOC_CLASS_NAMES = (
+    'background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus',
+    'car', 'cat', 'chair', 'cow', 'diningtable', 'dog', 'horse', 'motorbike',
+    'person', 'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor')
+
+
+def load(path: str, checkpoint: str | int = 'best', *,
+         config_overrides: dict[str, Any] | None = None,
+         dtype: str | None = None, bucket: bool = True) -> Segmenter:
+  """Loads a trained FCN for inference in one call.
+
+  Args:
+    path: a training workdir (config.json + checkpoints/), or a checkpoint
+      directory (a step directory `<workdir>/checkpoints/<step>`, or any Orbax
+      PyTree checkpoint holding the parameters, e.g. converted weights).
+    checkpoint: for a workdir: 'best', 'latest', a step, or a path.
+    config_overrides: dotted config keys to change (e.g. {'model':
+      'fcn8s-atonce'} for converted at-once weights without a config).
+    dtype: computation dtype, 'float32' or 'bfloat16' (default: the config's).
+    bucket: pad inputs to a few bucket shapes (see `bucket_size`).
+
+  Raises:
+    CheckpointError: missing/corrupt checkpoint, or one that does not fit the
+      configured architecture or class count.
+  """
+  if not os.path.exists(path):
+    raise CheckpointError(f'{path}: no such workdir or checkpoint.')
+  if os.path.isdir(os.path.join(path, CHECKPOINTS)):
+    checkpoint_path = resolve_checkpoint(path, checkpoint)
+  elif str(checkpoint) not in ('best', 'latest'):
+    checkpoint_path = resolve_checkpoint(path, checkpoint)
+  else:
+    checkpoint_path = os.path.abspath(path)
+  params = restore_params(checkpoint_path)
+
+  config_dir = (path if os.path.isfile(os.path.join(path, CONFIG_FILE))
+                else _find_config_dir(checkpoint_path))
+  if config_dir is not None:
+    config = load_config(config_dir)
+    if config.num_classes == -1:
+      config.num_classes = infer_architecture(params)['num_classes']
+  else:
+    # No run config (e.g. converted weights): read the model off the params.
+    config = default_config.get_config()
+    config.dataset = ''
+    for key, value in infer_architecture(params).items():
+      config[key] = value
+    logging.info('%s: no %s found; architecture read from the parameters: '
+                 '%s %d classes, width %g.', checkpoint_path, CONFIG_FILE,
+                 config.model, config.num_classes, config.width)
+  config = apply_overrides(config, config_overrides or {})
+  if dtype:
+    config.dtype = dtype
+  if config.model not in models.VARIANTS:
+    raise CheckpointError(f'config.model={config.model!r}: expected one of '
+                          f'{models.VARIANTS}.')
+  try:
+    model = train.create_model(config, config.num_classes)
+  except ValueError as e:
+    raise CheckpointError(f'{checkpoint_path}: cannot build the model: {e}')
+  check_params_fit(model, params, checkpoint_path)
+  class_names, palette = dataset_meta(config, config.num_classes)
+  return Segmenter(model=model, params=params, config=config,
+                   class_names=class_names, palette=palette,
+                   checkpoint=checkpoint_path, bucket=bucket)
+
+
+def load_from_args(workdir: str | None, checkpoint: str = 'best',
+                   dtype: str = '', model: str = '',
+                   bucket: bool = True) -> Segmenter:
+  """`load` as the command lines name it: --workdir and/or --checkpoint
+  (alone, a path), '' for the config's dtype and model."""
+  overrides = {'model': model} if model else {}
+  if workdir:
+    return load(workdir, checkpoint, config_overrides=overrides,
+                dtype=dtype or None, bucket=bucket)
+  if checkpoint in ('best', 'latest') or str(checkpoint).isdigit():
+    raise CheckpointError(f'--checkpoint={checkpoint} needs --workdir; '
+                          'without it, --checkpoint must be a path.')
+  return load(checkpoint, config_overrides=overrides, dtype=dtype or None,
+              bucket=bucket)
+
+
+class _QuietLibraries:
+  """Hides INFO chatter of Orbax and JAX internals; warnings still show."""
+
+  def filter(self, record) -> bool:
+    noisy = ('/orbax/', '/jax/_src/')
+    return record.levelno > std_logging.INFO or not any(
+        part in record.pathname for part in noisy)
+
+
+def quiet_library_logs() -> None:
+  """For command lines: keep the log to what fcn_jax itself says."""
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+
+
+def checkpoint_step(path: str) -> int | None:
+  """The training step of a checkpoint directory named by its step."""
+  name = os.path.basename(os.path.normpath(path))
+  return int(name) if name.isdigit() else None
+
+
+def safe_name(name: str) -> str:
+  """A class name usable in file names ('tv/monitor' -> 'tv_monitor')."""
+  return re.sub(r'[^A-Za-z0-9_.-]+', '_', name).strip('_') or 'class'

@@ -1,0 +1,189 @@
+"""Segments images with a trained FCN and writes label maps and overlays.
+
+    python -m fcn_jax.predict --workdir=runs/fcn8s --input=photos/ --output=out/
+    python -m fcn_jax.predict --checkpoint=runs/fcn8s/checkpoints/1500 \
+        --input=photo.jpg --output=out/ [--tta] [--probabilities]
+
+For every input image (any size) it writes `<output>/<stem>.png`, the label
+map as a palette PNG of the input's size (pixel value = class index, VOC
+colours in the palette), `<output>/<stem>_overlay.png`, the colours blended
+over the photo, and with --probabilities one grey-level heat map per class,
+`<output>/<stem>_prob_<class>.png`. Images that cannot be read are reported
+by name and the others are still processed; the exit status is 1 if any
+image failed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+
+import numpy as np
+from absl import app
+from absl import flags
+from absl import logging
+from PIL import Image
+
+from fcn_jax import inference
+from fcn_jax import visualize
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff',
+                    '.webp', '.ppm', '.pgm', '.pbm')
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string('workdir', None, 'Training workdir (config.json + '
+                    'checkpoints/). Either this or --checkpoint.')
+flags.DEFINE_string('checkpoint', 'best', "With --workdir: 'best', 'latest', "
+                    'a step or a path; alone: a checkpoint directory.')
+flags.DEFINE_string('input', None, 'An image file or a folder of images.')
+flags.DEFINE_string('output', None, 'Folder for the outputs (created).')
+flags.DEFINE_bool('tta', False, 'Test-time augmentation: average over '
+                  'horizontal flips and --scales.')
+flags.DEFINE_list('scales', [str(s) for s in inference.DEFAULT_TTA_SCALES],
+                  'Image scales averaged with --tta.')
+flags.DEFINE_integer('window', 1024, 'Images with a side larger than this are '
+                     'segmented in overlapping tiles of this size (0 = never).')
+flags.DEFINE_float('overlap', 1 / 3, 'Tile overlap, as a fraction of --window.')
+flags.DEFINE_enum('dtype', '', ['', 'float32', 'bfloat16'], 'Computation '
+                  "dtype ('' = the training config's); bfloat16 is for "
+                  'accelerators.')
+flags.DEFINE_bool('probabilities', False, 'Also write per-class probability '
+                  'heat maps.')
+flags.DEFINE_bool('bucket', True, 'Pad images to a few bucket shapes so that '
+                  'mixed sizes reuse compilations.')
+flags.DEFINE_string('model', '', 'Override the model variant (e.g. '
+                    'fcn8s-atonce for converted weights without config.json).')
+flags.DEFINE_float('overlay_alpha', 0.5, 'Opacity of the colours in overlays.')
+
+
+@dataclasses.dataclass
+class Report:
+  """What a prediction run did."""
+  written: list = dataclasses.field(default_factory=list)
+  failures: list = dataclasses.field(default_factory=list)
+  warnings: list = dataclasses.field(default_factory=list)
+  sizes: set = dataclasses.field(default_factory=set)
+  compilations: int = 0
+  seconds: float = 0.0
+
+
+def list_images(path: str) -> list[str]:
+  """The image files named by `path` (a file, or a folder's image files).
+
+  Raises:
+    FileNotFoundError / ValueError: with the path, if it is missing or a
+      folder without images.
+  """
+  if os.path.isfile(path):
+    return [path]
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'--input={path}: no such file or folder.')
+  files = sorted(
+      os.path.join(path, name) for name in os.listdir(path)
+      if not name.startswith('.') and os.path.isfile(os.path.join(path, name))
+      and name.lower().endswith(IMAGE_EXTENSIONS))
+  if not files:
+    raise ValueError(f'--input={path}: folder holds no images (looked for '
+                     f'{", ".join(IMAGE_EXTENSIONS)}).')
+  return files
+
+
+def predict_files(segmenter: inference.Segmenter, paths: list[str],
+                  output: str, *, tta: bool = False,
+                  scales: tuple[float, ...] | None = None,
+                  window: int | None = None, overlap: float = 1 / 3,
+                  probabilities: bool = False,
+                  overlay_alpha: float = 0.5) -> Report:
+  """Segments `paths` into `output`; failures are collected, not raised."""
+  os.makedirs(output, exist_ok=True)
+  report = Report()
+  compiled_before = segmenter.num_compilations
+  stems = {}
+  start = time.time()
+  for index, path in enumerate(paths, 1):
+    stem = os.path.splitext(os.path.basename(path))[0]
+    if stem in stems:
+      report.failures.append(
+          f'{path}: output name {stem}.png clashes with {stems[stem]}; rename '
+          'one of them.')
+      continue
+    stems[stem] = path
+    try:
+      image, notes = inference.read_image(path)
+      report.warnings.extend(f'{path}: {note}' for note in notes)
+      for note in notes:
+        logging.warning('%s: %s', path, note)
+      probs = segmenter.probabilities(image, tta=tta, scales=scales,
+                                      window=window, overlap=overlap)
+      labels = np.argmax(probs, axis=-1).astype(np.uint8)
+      label_path = os.path.join(output, f'{stem}.png')
+      visualize.save_label_png(label_path, labels, segmenter.palette)
+      overlay_path = os.path.join(output, f'{stem}_overlay.png')
+      Image.fromarray(visualize.overlay(image, labels, segmenter.palette,
+                                        overlay_alpha)).save(overlay_path)
+      report.written += [label_path, overlay_path]
+      if probabilities:
+        for c, name in enumerate(segmenter.class_names):
+          prob_path = os.path.join(
+              output, f'{stem}_prob_{inference.safe_name(name)}.png')
+          Image.fromarray(visualize.heatmap(probs[..., c])).save(prob_path)
+          report.written.append(prob_path)
+      report.sizes.add(image.shape[:2])
+      logging.info('[%d/%d] %s (%dx%d) -> %s', index, len(paths), path,
+                   image.shape[1], image.shape[0], label_path)
+    except inference.ImageError as e:
+      report.failures.append(str(e))
+      logging.error('%s', e)
+    except Exception as e:  # pylint: disable=broad-except
+      # Keep going with the other images; the run still exits non-zero.
+      report.failures.append(f'{path}: {type(e).__name__}: {e}')
+      logging.exception('%s failed', path)
+  report.compilations = segmenter.num_compilations - compiled_before
+  report.seconds = time.time() - start
+  return report
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  inference.quiet_library_logs()
+  if not FLAGS.input or not FLAGS.output:
+    raise app.UsageError('--input and --output are required.')
+  if not FLAGS.workdir and FLAGS.checkpoint in ('best', 'latest'):
+    raise app.UsageError('Give --workdir or --checkpoint=PATH.')
+  try:
+    scales = tuple(float(s) for s in FLAGS.scales)
+  except ValueError:
+    raise app.UsageError(f'--scales={",".join(FLAGS.scales)}: expected '
+                         'numbers, e.g. 0.75,1,1.25.')
+  try:
+    paths = list_images(FLAGS.input)
+    segmenter = inference.load_from_args(FLAGS.workdir, FLAGS.checkpoint, FLAGS.dtype,
+                                          FLAGS.model, FLAGS.bucket)
+  except (inference.CheckpointError, FileNotFoundError, ValueError) as e:
+    sys.exit(f'Error: {e}')
+  logging.info('Model %s (%d classes) from %s; %d image(s).',
+               segmenter.config.model, segmenter.num_classes,
+               segmenter.checkpoint, len(paths))
+  report = predict_files(
+      segmenter, paths, FLAGS.output, tta=FLAGS.tta,
+      scales=scales if FLAGS.tta else None, window=FLAGS.window or None,
+      overlap=FLAGS.overlap, probabilities=FLAGS.probabilities,
+      overlay_alpha=FLAGS.overlay_alpha)
+  done = len(paths) - len(report.failures)
+  print(f'Segmented {done} of {len(paths)} image(s) into {FLAGS.output} in '
+        f'{report.seconds:.1f}s: {len(report.sizes)} distinct size(s), '
+        f'{report.compilations} compilation(s) (input shapes '
+        f'{", ".join("x".join(map(str, s[1:3])) for s in segmenter.compiled_shapes)}).')
+  if report.failures:
+    print(f'{len(report.failures)} image(s) failed:', file=sys.stderr)
+    for failure in report.failures:
+      print(f'  {failure}', file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  app.run(main)

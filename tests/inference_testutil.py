@@ -1,0 +1,63 @@
+"""Shared setup of the inference/evaluate/predict/export tests.
+
+`trained_workdir` trains the tiny config once per test session (a few
+seconds) and every test module that needs a real checkpoint reuses it.
+"""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from fcn_jax import models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VOC_MINI = os.path.join(ROOT, 'tests', 'data', 'voc-real-mini')
+_CACHE = {}
+
+
+def _train_tiny(tmp_path_factory) -> str:
+  from fcn_jax import train  # pylint: disable=g-import-not-at-top
+  from fcn_jax.configs import default  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp('tiny_workdir'))
+  config = default.get_tiny_config()
+  train.train_and_evaluate(config, workdir)
+  return workdir
+
+
+@pytest.fixture(scope='session')
+def trained_workdir(tmp_path_factory):
+  """A workdir trained with get_tiny_config (checkpoints at steps 3 and 6)."""
+  # Several modules import this fixture; the cache makes it one run.
+  if 'workdir' not in _CACHE:
+    _CACHE['workdir'] = _train_tiny(tmp_path_factory)
+  return _CACHE['workdir']
+
+
+def random_params(model, seed: int = 0):
+  """Initial params with random (non-zero) score layers, so that every skip
+  and every spatial position shapes the output (the reference initializes
+  score layers to zero, which would make many comparisons trivial)."""
+  params = models.init_params(model, jax.random.key(seed))
+  keys = iter(jax.random.split(jax.random.key(seed + 1), 64))
+
+  def randomize(path, x):
+    if str(getattr(path[0], 'key', '')).startswith('score'):
+      return 0.1 * jax.random.normal(next(keys), x.shape)
+    return x
+  return jax.tree_util.tree_map_with_path(randomize, params)
+
+
+def run_module(module: str, *args: str, timeout: int = 300):
+  """Runs `python -m module args` from the repository root (CPU only)."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT,
+                        env=env, capture_output=True, text=True,
+                        timeout=timeout, check=False)
+
+
+def random_image(rng: np.random.Generator, height: int, width: int):
+  return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
