@@ -19,6 +19,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from fcn_jax import distributed
 from fcn_jax import fault_tolerance
 from fcn_jax import train
 
@@ -30,6 +31,15 @@ config_flags.DEFINE_config_file(
     'config', 'fcn_jax/configs/default.py', 'Training configuration file.',
     lock_config=True)
 flags.mark_flags_as_required(['workdir'])
+# Multi-host runs (see fcn_jax/distributed.py); a single process needs none.
+flags.DEFINE_string('coordinator_address', None, "Process 0's 'host:port' "
+                    '(or $JAX_COORDINATOR_ADDRESS).')
+flags.DEFINE_integer('num_processes', None, 'Processes in a multi-host run '
+                     '(or $JAX_NUM_PROCESSES).')
+flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1 '
+                     '(or $JAX_PROCESS_ID).')
+flags.DEFINE_bool('distributed', False, 'Join a multi-host run, detecting '
+                  'the settings from the cluster (TPU pod, SLURM, Open MPI).')
 
 
 class _QuietLibraries:
@@ -45,6 +55,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  try:
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                           FLAGS.process_id, auto_detect=FLAGS.distributed)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   try:

@@ -35,6 +35,21 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def replicate(tree, mesh: Mesh):
+  """Host values, the same on every process -> replicated global arrays.
+
+  jax.device_put cannot place data on another process's devices; here each
+  process contributes its own (identical) copy. Works for PRNG keys too.
+  """
+  def put(x):
+    if jax.dtypes.issubdtype(getattr(x, 'dtype', None), jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(put(jax.random.key_data(x)),
+                                      impl=jax.random.key_impl(x))
+    return jax.make_array_from_process_local_data(replicated(mesh),
+                                                  np.asarray(x))
+  return jax.tree.map(put, tree)
+
+
 def micro_batch_sharded(mesh: Mesh) -> NamedSharding:
   """(micro-batch, batch, ...) arrays: the second axis split over 'data'."""
   return NamedSharding(mesh, P(None, DATA_AXIS))

@@ -27,8 +27,8 @@ from absl import logging
 from flax.training import train_state
 
 from fcn_jax import checkpointing
-from fcn_jax import fault_tolerance
 from fcn_jax import convert
+from fcn_jax import fault_tolerance
 from fcn_jax import input_pipeline
 from fcn_jax import losses
 from fcn_jax import metrics as metrics_lib
@@ -95,6 +95,12 @@ def validate_config(config: ml_collections.ConfigDict,
           config.eval_batch_size % num_devices == 0, 'eval_batch_size',
           f'must be -1 or a positive multiple of the number of devices '
           f'({num_devices})')
+  if 'grad_accum_steps' in config:
+    check(config.grad_accum_steps > 0, 'grad_accum_steps', 'must be positive')
+    micro = config.grad_accum_steps * num_devices
+    check(config.batch_size % micro == 0, 'batch_size',
+          f'must be a multiple of config.grad_accum_steps x devices '
+          f'({config.grad_accum_steps} x {num_devices} = {micro})')
 
 
 def resolve_num_classes(config: ml_collections.ConfigDict,
@@ -177,8 +183,14 @@ def create_train_state(config, model, rng, mesh, image_size: int = 32):
 
 
 def train_step(state: TrainState, batch: dict, dropout_rng: jax.Array,
-               loss_normalization: str = 'sum', skip_nonfinite: bool = False):
+               loss_normalization: str = 'sum', skip_nonfinite: bool = False,
+               grad_accum_steps: int = 1, micro_batch_sharding=None):
   """One SGD step on a (globally sharded) batch. Returns (state, metrics).
+
+  With `grad_accum_steps` = k > 1 the batch is processed as k micro-batches
+  in sequence (Caffe's iter_size) and their gradients are summed into the
+  gradient of the whole batch's loss, so the update equals that of one step
+  on the whole batch while activations are held for one micro-batch only.
 
   With `skip_nonfinite`, an update whose loss or gradient is not finite is
   dropped (params and optimizer state stay; the step counter advances, so
@@ -192,7 +204,12 @@ def train_step(state: TrainState, batch: dict, dropout_rng: jax.Array,
     return losses.pixel_cross_entropy(logits, batch['label'],
                                       loss_normalization)
 
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  if grad_accum_steps > 1:
+    loss, grads = accumulated_loss_and_grads(
+        state, batch, rng, loss_normalization, grad_accum_steps,
+        micro_batch_sharding)
+  else:
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
   new_state = state.apply_gradients(grads=grads)
   grad_norm = optax.global_norm(grads)
   if skip_nonfinite:
@@ -204,6 +221,61 @@ def train_step(state: TrainState, batch: dict, dropout_rng: jax.Array,
       'param_norm': optax.global_norm(new_state.params),
   }
   return new_state, step_metrics
+
+
+def split_micro_batches(batch: dict, num: int, micro_batch_sharding=None):
+  """(B, ...) arrays -> (num, B / num, ...); micro-batch i = examples i::num.
+
+  Strided rather than contiguous: a device holding a contiguous block of the
+  batch then holds its block of every micro-batch, so no data moves.
+  """
+  def split(x):
+    x = x.reshape((x.shape[0] // num, num) + x.shape[1:]).swapaxes(0, 1)
+    if micro_batch_sharding is not None:
+      x = jax.lax.with_sharding_constraint(x, micro_batch_sharding)
+    return x
+  return jax.tree.map(split, batch)
+
+
+def accumulated_loss_and_grads(state: TrainState, batch: dict,
+                               rng: jax.Array, loss_normalization: str,
+                               num_micro_batches: int,
+                               micro_batch_sharding=None):
+  """Loss and gradient of the whole batch, one micro-batch at a time.
+
+  Each micro-batch contributes its summed pixel loss divided by the whole
+  batch's normalizer (images for 'sum', labelled pixels for 'mean'), so the
+  sum over micro-batches is exactly the whole batch's loss, also when the
+  micro-batches hold different numbers of labelled pixels.
+  """
+  if loss_normalization == 'sum':
+    normalizer = jnp.float32(batch['label'].shape[0])
+  else:
+    labelled = jnp.sum(batch['label'] != metrics_lib.IGNORE_INDEX)
+    normalizer = jnp.maximum(labelled, 1).astype(jnp.float32)
+
+  def micro_loss_fn(params, micro_batch, micro_rng):
+    logits = state.apply_fn({'params': params}, micro_batch['image'],
+                            train=True, rngs={'dropout': micro_rng})
+    # 'sum' normalization divides by the micro-batch size: undo it.
+    total = losses.pixel_cross_entropy(logits, micro_batch['label'], 'sum')
+    return total * micro_batch['label'].shape[0] / normalizer
+
+  def accumulate(carry, xs):
+    loss_sum, grad_sum = carry
+    index, micro_batch = xs
+    loss, grads = jax.value_and_grad(micro_loss_fn)(
+        state.params, micro_batch, jax.random.fold_in(rng, index))
+    return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+
+  micro_batches = split_micro_batches(
+      {k: batch[k] for k in ('image', 'label')}, num_micro_batches,
+      micro_batch_sharding)
+  zeros = (jnp.zeros((), jnp.float32),
+           jax.tree.map(jnp.zeros_like, state.params))
+  (loss, grads), _ = jax.lax.scan(
+      accumulate, zeros, (jnp.arange(num_micro_batches), micro_batches))
+  return loss, grads
 
 
 def _keep_state_if_nonfinite(state: TrainState, new_state: TrainState,
@@ -240,7 +312,9 @@ def compile_steps(config, mesh):
   p_train_step = jax.jit(
       functools.partial(train_step,
                         loss_normalization=config.loss_normalization,
-                        skip_nonfinite=config.get('skip_nonfinite', False)),
+                        skip_nonfinite=config.get('skip_nonfinite', False),
+                        grad_accum_steps=config.get('grad_accum_steps', 1),
+                        micro_batch_sharding=sharding.micro_batch_sharded(mesh)),
       in_shardings=(replicated, data, replicated),
       out_shardings=(replicated, replicated),
       donate_argnums=0)
@@ -264,7 +338,7 @@ def evaluate(p_eval_step, state, source, batch_size: int, num_classes: int,
   shape = (num_classes, num_classes)
   if boundary_radius > 0:
     shape = (2,) + shape
-  hist = jax.device_put(jnp.zeros(shape, jnp.int32), sharding.replicated(mesh))
+  hist = sharding.replicate(np.zeros(shape, np.int32), mesh)
   for batch in input_pipeline.eval_batches(source, batch_size, **batching):
     batch = sharding.shard_batch({k: batch[k] for k in ('image', 'label')}, mesh)
     hist = p_eval_step(state, hist, batch)
@@ -317,7 +391,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
   """train_and_evaluate, with the workdir locked and signals caught."""
   mesh = sharding.create_mesh()
-  sharding.check_batch_size(config.batch_size, mesh)
+  sharding.check_batch_size(config.batch_size, mesh,
+                            micro_batches=config.get('grad_accum_steps', 1))
   eval_batch_size = (config.batch_size if config.eval_batch_size == -1
                      else config.eval_batch_size)
   sharding.check_batch_size(eval_batch_size, mesh, 'eval_batch_size')
@@ -363,7 +438,7 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
                                                       info)
   writer = writers.MetricWriter(workdir)
   cleanup.callback(writer.close)
-  dropout_rng = jax.device_put(dropout_rng, sharding.replicated(mesh))
+  dropout_rng = sharding.replicate(dropout_rng, mesh)
   faults = fault_tolerance.TestFaults.from_env()
 
   def run_eval(step):
