@@ -41,25 +41,6 @@ from fcn_jax.configs import default as default_config
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string('workdir', None, 'Training workdir (config.json + '
-                    'checkpoints/).')
-flags.DEFINE_string('checkpoint', 'best', "'best' (highest validation mean "
-                    "IU), 'latest', a step number, or a checkpoint path.")
-flags.DEFINE_enum('split', 'val', ['val', 'train'], 'Split to evaluate.')
-flags.DEFINE_integer('max_images', 0, 'Evaluate only the first N images '
-                     '(0 = the whole split).')
-flags.DEFINE_bool('tta', False, 'Test-time augmentation (flips and scales).')
-flags.DEFINE_integer('window', 0, 'Sliding-window size for large images '
-                     '(0 = whole images).')
-flags.DEFINE_enum('dtype', '', ['', 'float32', 'bfloat16'],
-                  "Computation dtype ('' = the training config's).")
-flags.DEFINE_string('output_dir', None, 'Where to write the JSON and plot '
-                    '(default: the workdir).')
-config_flags.DEFINE_config_dict(
-    'config', default_config.get_config(),
-    'Overrides of the workdir config.json, e.g. --config.dataset=voc.',
-    lock_config=False)
-flags.mark_flags_as_required(['workdir'])
 
 
 def _progress(done: int, total: int, start: float) -> None:
@@ -227,5 +208,30 @@ def _flatten(values: dict, prefix: str = '') -> dict:
   return flat
 
 
+def _define_flags():
+  """Flags of the command line (defined only when run as a program, so the
+  module can be imported next to other fcn_jax programs)."""
+  flags.DEFINE_string('workdir', None, 'Training workdir (config.json + '
+                      'checkpoints/).')
+  flags.DEFINE_string('checkpoint', 'best', "'best' (highest validation mean "
+                      "IU), 'latest', a step number, or a checkpoint path.")
+  flags.DEFINE_enum('split', 'val', ['val', 'train'], 'Split to evaluate.')
+  flags.DEFINE_integer('max_images', 0, 'Evaluate only the first N images '
+                       '(0 = the whole split).')
+  flags.DEFINE_bool('tta', False, 'Test-time augmentation (flips and scales).')
+  flags.DEFINE_integer('window', 0, 'Sliding-window size for large images '
+                       '(0 = whole images).')
+  flags.DEFINE_enum('dtype', '', ['', 'float32', 'bfloat16'],
+                    "Computation dtype ('' = the training config's).")
+  flags.DEFINE_string('output_dir', None, 'Where to write the JSON and plot '
+                      '(default: the workdir).')
+  config_flags.DEFINE_config_dict(
+      'config', default_config.get_config(),
+      'Overrides of the workdir config.json, e.g. --config.dataset=voc.',
+      lock_config=False)
+  flags.mark_flags_as_required(['workdir'])
+
+
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

@@ -34,29 +34,6 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff',
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string('workdir', None, 'Training workdir (config.json + '
-                    'checkpoints/). Either this or --checkpoint.')
-flags.DEFINE_string('checkpoint', 'best', "With --workdir: 'best', 'latest', "
-                    'a step or a path; alone: a checkpoint directory.')
-flags.DEFINE_string('input', None, 'An image file or a folder of images.')
-flags.DEFINE_string('output', None, 'Folder for the outputs (created).')
-flags.DEFINE_bool('tta', False, 'Test-time augmentation: average over '
-                  'horizontal flips and --scales.')
-flags.DEFINE_list('scales', [str(s) for s in inference.DEFAULT_TTA_SCALES],
-                  'Image scales averaged with --tta.')
-flags.DEFINE_integer('window', 1024, 'Images with a side larger than this are '
-                     'segmented in overlapping tiles of this size (0 = never).')
-flags.DEFINE_float('overlap', 1 / 3, 'Tile overlap, as a fraction of --window.')
-flags.DEFINE_enum('dtype', '', ['', 'float32', 'bfloat16'], 'Computation '
-                  "dtype ('' = the training config's); bfloat16 is for "
-                  'accelerators.')
-flags.DEFINE_bool('probabilities', False, 'Also write per-class probability '
-                  'heat maps.')
-flags.DEFINE_bool('bucket', True, 'Pad images to a few bucket shapes so that '
-                  'mixed sizes reuse compilations.')
-flags.DEFINE_string('model', '', 'Override the model variant (e.g. '
-                    'fcn8s-atonce for converted weights without config.json).')
-flags.DEFINE_float('overlay_alpha', 0.5, 'Opacity of the colours in overlays.')
 
 
 @dataclasses.dataclass
@@ -185,5 +162,34 @@ def main(argv):
     sys.exit(1)
 
 
+def _define_flags():
+  """Flags of the command line (defined only when run as a program, so the
+  module can be imported next to other fcn_jax programs)."""
+  flags.DEFINE_string('workdir', None, 'Training workdir (config.json + '
+                      'checkpoints/). Either this or --checkpoint.')
+  flags.DEFINE_string('checkpoint', 'best', "With --workdir: 'best', 'latest', "
+                      'a step or a path; alone: a checkpoint directory.')
+  flags.DEFINE_string('input', None, 'An image file or a folder of images.')
+  flags.DEFINE_string('output', None, 'Folder for the outputs (created).')
+  flags.DEFINE_bool('tta', False, 'Test-time augmentation: average over '
+                    'horizontal flips and --scales.')
+  flags.DEFINE_list('scales', [str(s) for s in inference.DEFAULT_TTA_SCALES],
+                    'Image scales averaged with --tta.')
+  flags.DEFINE_integer('window', 1024, 'Images with a side larger than this are '
+                       'segmented in overlapping tiles of this size (0 = never).')
+  flags.DEFINE_float('overlap', 1 / 3, 'Tile overlap, as a fraction of --window.')
+  flags.DEFINE_enum('dtype', '', ['', 'float32', 'bfloat16'], 'Computation '
+                    "dtype ('' = the training config's); bfloat16 is for "
+                    'accelerators.')
+  flags.DEFINE_bool('probabilities', False, 'Also write per-class probability '
+                    'heat maps.')
+  flags.DEFINE_bool('bucket', True, 'Pad images to a few bucket shapes so that '
+                    'mixed sizes reuse compilations.')
+  flags.DEFINE_string('model', '', 'Override the model variant (e.g. '
+                      'fcn8s-atonce for converted weights without config.json).')
+  flags.DEFINE_float('overlay_alpha', 0.5, 'Opacity of the colours in overlays.')
+
+
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)
