@@ -124,8 +124,8 @@ def restore_latest_valid(manager: ocp.CheckpointManager, workdir: str,
   warning, and the next older one is tried.
 
   Raises:
-    fault_tolerance.ConfigError: if a checkpoint is intact but holds a train
-      state of other shapes (another model or optimizer) than `abstract_state`.
+    fault_tolerance.ConfigError: if a checkpoint is intact but holds other
+      arrays (another model or optimizer) than `abstract_state`.
     RuntimeError: if checkpoints exist but none of them can be read (rather
       than silently training from scratch).
   """
@@ -139,9 +139,9 @@ def restore_latest_valid(manager: ocp.CheckpointManager, workdir: str,
       if _holds_other_structure(workdir, step, abstract_state):
         raise fault_tolerance.ConfigError(
             f'Checkpoint at step {step} in {checkpoint_dir(workdir)} holds '
-            'arrays of other shapes than this config builds (another model, '
-            'class count or optimizer): resume with the config it was '
-            'trained with, or use a new --workdir.') from e
+            'other arrays than this config builds (another model, width, '
+            'class count, upsampling or optimizer): resume with the config it '
+            'was trained with, or use a new --workdir.') from e
       target = _quarantine(manager, workdir, step)
       reason = ' '.join(str(e).split())[:300]
       logging.warning(

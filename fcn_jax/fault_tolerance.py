@@ -80,7 +80,8 @@ class StopSignals:
 
   def __exit__(self, *exc_info) -> None:
     for signum, handler in self._previous.items():
-      signal.signal(signum, handler)
+      # None: a handler not installed from Python; the default is closest.
+      signal.signal(signum, signal.SIG_DFL if handler is None else handler)
     self._previous = {}
 
   @property
