@@ -216,7 +216,8 @@ def markdown_table(rows: Sequence[dict], names: Sequence[str],
   if problems:
     lines += ['', 'Runs not in the table:', '']
     for run in problems:
-      status = run.status if run.status != 'done' else 'incomplete metrics'
+      status = {'done': 'incomplete metrics',
+                'running': 'running or interrupted'}.get(run.status, run.status)
       lines.append(f'- `{run.name}`: {status} (log: `{run.log}`)')
   return '\n'.join(lines) + '\n'
 
