@@ -171,6 +171,19 @@ def create_optimizer(config: ml_collections.ConfigDict,
   )
 
 
+def init_and_dropout_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+  """PRNG keys for parameter init and for dropout, derived from `seed`.
+
+  Parameters are drawn with the 'rbg' generator: XLA compiles the model's
+  random initializers about 5x faster with it than with threefry on CPU
+  (seconds at every start). It is deterministic on a given platform, which
+  is what identical replicas and reproducible runs need.
+  """
+  init_rng = jax.random.key(seed, impl='rbg')
+  _, dropout_rng = jax.random.split(jax.random.key(seed))
+  return init_rng, dropout_rng
+
+
 def create_train_state(config, model, rng, mesh, image_size: int = 32):
   """Creates the replicated TrainState directly on the mesh's devices."""
   def init(rng):
@@ -415,8 +428,7 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
                num_classes, info.train_size, info.val_size)
 
   model = create_model(config, num_classes)
-  rng = jax.random.key(config.seed)
-  init_rng, dropout_rng = jax.random.split(rng)
+  init_rng, dropout_rng = init_and_dropout_keys(config.seed)
   state = create_train_state(config, model, init_rng, mesh)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info('Model %s (width %g): %s parameters.', config.model,

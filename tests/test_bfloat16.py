@@ -87,7 +87,8 @@ def test_bfloat16_training_keeps_float32_state_and_lowers_loss():
   config = _config('bfloat16', model='fcn32s')
   mesh = sharding.create_mesh(jax.devices()[:1])
   model = train.create_model(config, CLASSES)
-  state = train.create_train_state(config, model, jax.random.key(0), mesh)
+  init_key, _ = train.init_and_dropout_keys(0)
+  state = train.create_train_state(config, model, init_key, mesh)
   p_train_step, _ = train.compile_steps(config, mesh)
   rng = np.random.default_rng(0)
   batch = {'image': np.asarray(_images(config.batch_size)),

@@ -58,7 +58,7 @@ def _worker() -> dict:
   train_source, val_source, info = input_pipeline.create_datasets(config)
   model = train.create_model(config, info.num_classes)
   init = jax.device_get(train.create_train_state(
-      config, model, jax.random.key(0), mesh1))
+      config, model, train.init_and_dropout_keys(0)[0], mesh1))
 
   def run(config, mesh):
     state = jax.device_put(init, sharding.replicated(mesh))

@@ -25,6 +25,10 @@ def _tiny(**overrides):
   return config
 
 
+def _init_key(seed=0):
+  return train.init_and_dropout_keys(seed)[0]
+
+
 def test_sgd_recipe_decays_kernels_only_and_doubles_bias_rate():
   # One plain SGD step (no momentum) computed by hand: Caffe's update
   # w <- w - lr (g + wd w) for kernels, b <- b - 2 lr g for biases.
@@ -62,7 +66,7 @@ def test_train_steps_lower_the_loss_on_a_fixed_batch():
   mesh = sharding.create_mesh()
   train_source, _, info = input_pipeline.create_datasets(config)
   model = train.create_model(config, info.num_classes)
-  state = train.create_train_state(config, model, jax.random.key(0), mesh)
+  state = train.create_train_state(config, model, _init_key(), mesh)
   p_train_step, _ = train.compile_steps(config, mesh)
   batch = input_pipeline.train_dataset(train_source, 4, seed=0)[0]
   batch = sharding.shard_batch({k: batch[k] for k in ('image', 'label')}, mesh)
@@ -81,7 +85,7 @@ def test_eval_step_counts_every_labelled_pixel_once():
   mesh = sharding.create_mesh()
   _, val_source, info = input_pipeline.create_datasets(config)
   model = train.create_model(config, info.num_classes)
-  state = train.create_train_state(config, model, jax.random.key(0), mesh)
+  state = train.create_train_state(config, model, _init_key(), mesh)
   _, p_eval_step = train.compile_steps(config, mesh)
   # 8 validation images in batches of 3: the last batch is padded.
   scores = train.evaluate(p_eval_step, state, val_source, 3, info.num_classes,
@@ -130,7 +134,7 @@ def test_checkpoint_round_trip_restores_identical_state(finished_run):
   config = _tiny()
   mesh = sharding.create_mesh()
   model = train.create_model(config, 7)
-  fresh = train.create_train_state(config, model, jax.random.key(42), mesh)
+  fresh = train.create_train_state(config, model, _init_key(42), mesh)
   manager = checkpointing.create_manager(workdir)
   restored = checkpointing.restore(manager, fresh, step=6)
   assert int(restored.step) == 6
@@ -158,7 +162,7 @@ def test_resume_continues_from_the_saved_step_to_the_same_result(
   config = _tiny()
   mesh = sharding.create_mesh()
   template = train.create_train_state(config, train.create_model(config, 7),
-                                      jax.random.key(0), mesh)
+                                      _init_key(), mesh)
   full = checkpointing.restore(checkpointing.create_manager(workdir), template, 6)
   split = checkpointing.restore(checkpointing.create_manager(split_dir),
                                 template, 6)
