@@ -37,6 +37,7 @@ from fcn_jax import inference
 from fcn_jax import input_pipeline
 from fcn_jax import metrics as metrics_lib
 from fcn_jax import visualize
+from fcn_jax import writers
 from fcn_jax.configs import default as default_config
 
 FLAGS = flags.FLAGS
@@ -187,7 +188,7 @@ def run(workdir: str, checkpoint: str = 'best', split: str = 'val',
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  inference.quiet_library_logs()
+  writers.quiet_library_logs()
   overrides = config_flags.get_override_values(FLAGS['config'])
   overrides = _flatten(overrides)
   try:

@@ -232,10 +232,11 @@ def main(argv):
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from fcn_jax import inference  # pylint: disable=g-import-not-at-top
+  from fcn_jax import writers  # pylint: disable=g-import-not-at-top
 
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  inference.quiet_library_logs()
+  writers.quiet_library_logs()
   flags_ = flags.FLAGS
   try:
     shapes = parse_shapes(flags_.shapes)

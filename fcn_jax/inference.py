@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging as std_logging
 import os
 import re
 from typing import Any, Sequence
@@ -693,20 +692,6 @@ def load_from_args(workdir: str | None, checkpoint: str = 'best',
                           'without it, --checkpoint must be a path.')
   return load(checkpoint, config_overrides=overrides, dtype=dtype or None,
               bucket=bucket)
-
-
-class _QuietLibraries:
-  """Hides INFO chatter of Orbax and JAX internals; warnings still show."""
-
-  def filter(self, record) -> bool:
-    noisy = ('/orbax/', '/jax/_src/')
-    return record.levelno > std_logging.INFO or not any(
-        part in record.pathname for part in noisy)
-
-
-def quiet_library_logs() -> None:
-  """For command lines: keep the log to what fcn_jax itself says."""
-  logging.get_absl_handler().addFilter(_QuietLibraries())
 
 
 def checkpoint_step(path: str) -> int | None:

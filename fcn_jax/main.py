@@ -9,7 +9,6 @@ non-finite loss; one line on stderr), 143 stopped by SIGTERM and 130 by SIGINT
 after writing a checkpoint (run the same command again to resume).
 """
 
-import logging as std_logging
 import shlex
 import sys
 
@@ -22,6 +21,7 @@ from ml_collections import config_flags
 from fcn_jax import distributed
 from fcn_jax import fault_tolerance
 from fcn_jax import train
+from fcn_jax import writers
 
 FLAGS = flags.FLAGS
 
@@ -42,19 +42,10 @@ flags.DEFINE_bool('distributed', False, 'Join a multi-host run, detecting '
                   'the settings from the cluster (TPU pod, SLURM, Open MPI).')
 
 
-class _QuietLibraries:
-  """Hides INFO chatter of Orbax and JAX internals; warnings still show."""
-
-  def filter(self, record) -> bool:
-    noisy = ('/orbax/', '/jax/_src/')
-    return record.levelno > std_logging.INFO or not any(
-        part in record.pathname for part in noisy)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  writers.quiet_library_logs()
   try:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id, auto_detect=FLAGS.distributed)

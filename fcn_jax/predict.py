@@ -28,6 +28,7 @@ from PIL import Image
 
 from fcn_jax import inference
 from fcn_jax import visualize
+from fcn_jax import writers
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff',
                     '.webp', '.ppm', '.pgm', '.pbm')
@@ -126,7 +127,7 @@ def predict_files(segmenter: inference.Segmenter, paths: list[str],
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  inference.quiet_library_logs()
+  writers.quiet_library_logs()
   if not FLAGS.input or not FLAGS.output:
     raise app.UsageError('--input and --output are required.')
   if not FLAGS.workdir and FLAGS.checkpoint in ('best', 'latest'):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import math
 import os
 
 import jax
+from absl import logging
 
 METRICS_FILE = 'metrics.jsonl'
 
@@ -60,3 +62,17 @@ def read_metrics(workdir: str) -> list[dict]:
   """All records of `<workdir>/metrics.jsonl`, in order."""
   with open(os.path.join(workdir, METRICS_FILE)) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+class _QuietLibraries:
+  """Hides INFO chatter of Orbax and JAX internals; warnings still show."""
+
+  def filter(self, record) -> bool:
+    noisy = ('/orbax/', '/jax/_src/')
+    return record.levelno > std_logging.INFO or not any(
+        part in record.pathname for part in noisy)
+
+
+def quiet_library_logs() -> None:
+  """For command lines: keep the log to what fcn_jax itself says."""
+  logging.get_absl_handler().addFilter(_QuietLibraries())
