@@ -84,6 +84,8 @@ def validate_config(config: ml_collections.ConfigDict,
   check(config.image_size >= 0, 'image_size', 'must be >= 0')
   check(config.dtype in ('float32', 'bfloat16'), 'dtype',
         "expected 'float32' or 'bfloat16'")
+  check(config.get('fast_ops', 'auto') in models.FAST_OPS_MODES, 'fast_ops',
+        f'expected one of {models.FAST_OPS_MODES}')
   for key in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
               'keep_checkpoints'):
     check(config[key] > 0, key, 'must be positive')
@@ -123,7 +125,8 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int):
       dropout_rate=config.dropout_rate, input_padding=config.input_padding,
       dtype=config.dtype,
       upsampling_init=config.get('upsampling_init', 'bilinear'),
-      fc6_padding=config.get('fc6_padding', 0))
+      fc6_padding=config.get('fc6_padding', 0),
+      fast_ops=config.get('fast_ops', 'auto'))
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:

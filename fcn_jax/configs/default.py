@@ -35,6 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.upsampling_init = 'bilinear'
   # Computation dtype: 'float32' or 'bfloat16' (parameters stay float32).
   config.dtype = 'float32'
+  # Custom-gradient CPU ops (fcn_jax/fast_ops.py): 'auto' = on when JAX runs
+  # on the CPU, 'on', or 'off' (plain XLA ops; same function and gradients).
+  config.fast_ops = 'auto'
 
   # Dataset: 'synthetic' (built in, no download); 'voc' (VOCdevkit under
   # data_dir), 'sbd' (SBD train + VOC2011 seg11valid under data_dir), 'voc_dir'
