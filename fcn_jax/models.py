@@ -250,19 +250,21 @@ class Upsample(nn.Module):
   Frozen (the reference recipe): the kernel is a constant and, being
   channel-diagonal, runs as a cheap per-channel transposed convolution.
   Learnable: a full (k, k, C, C) parameter named `kernel`, bilinear-initialized
-  (or random with init='random'), matching the reference layer's weight shape.
+  (or random with kernel_init='random'), matching the reference layer's
+  weight shape.
   """
   channels: int
   factor: int
   learnable: bool = False
   dtype: Any = jnp.float32
-  init: str = 'bilinear'
+  # Not named `init`: that would shadow Module.init.
+  kernel_init: str = 'bilinear'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     size = 2 * self.factor
     if self.learnable:
-      if self.init == 'random':
+      if self.kernel_init == 'random':
         kernel = self.param('kernel', random_upsampling_init,
                             (size, size, self.channels, self.channels))
       else:
