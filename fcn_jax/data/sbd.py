@@ -73,20 +73,8 @@ class SBDSource(voc.VOCLayoutSource):
   def label_path(self, image_id: str) -> str:
     return os.path.join(self.root, 'cls', image_id + '.mat')
 
-  def __getitem__(self, index: int) -> dict:
-    image_id = self.ids[index]
-    image_path, label_path = self.image_path(image_id), self.label_path(image_id)
-    try:
-      image = decode.read_image(image_path)
-      label = read_sbd_label(label_path)
-      decode.check_example(image, label, self.num_classes, image_path,
-                           label_path)
-    except decode.DataError as e:
-      if not self.skip_bad:
-        raise
-      self.skipped.skip(e)
-      return decode.placeholder_example(index)
-    return {'image': image, 'label': label, 'id': np.int32(index)}
+  def read_label(self, path: str) -> np.ndarray:
+    return read_sbd_label(path)
 
 
 def find_sbd_root(data_dir: str) -> str:

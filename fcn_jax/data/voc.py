@@ -63,6 +63,10 @@ class VOCLayoutSource:
   def label_path(self, image_id: str) -> str:
     return os.path.join(self.root, self._label_dir, image_id + '.png')
 
+  def read_label(self, path: str) -> np.ndarray:
+    """Class-index label map of one file (palette or grayscale PNG)."""
+    return decode.read_label_png(path)
+
   def __len__(self) -> int:
     return len(self.ids)
 
@@ -71,7 +75,7 @@ class VOCLayoutSource:
     image_path, label_path = self.image_path(image_id), self.label_path(image_id)
     try:
       image = decode.read_image(image_path)
-      label = decode.read_label_png(label_path)
+      label = self.read_label(label_path)
       decode.check_example(image, label, self.num_classes, image_path,
                            label_path)
     except decode.DataError as e:
