@@ -30,6 +30,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from experiments import sweep as sweep_lib
+
 SCORES = ('overall_acc', 'mean_acc', 'mean_iu', 'fwavacc', 'boundary_mean_iu')
 SCORE_TITLES = {'overall_acc': 'pixel acc.', 'mean_acc': 'mean acc.',
                 'mean_iu': 'mean IU', 'fwavacc': 'f.w. IU',
@@ -59,14 +61,6 @@ class Run:
     return self.val[-1]
 
 
-def _read_json(path: str) -> dict | None:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
-
-
 def read_records(path: str) -> dict[str, list[dict]]:
   """metrics.jsonl -> {split: records sorted by step}, one record per step.
 
@@ -88,7 +82,7 @@ def read_records(path: str) -> dict[str, list[dict]]:
 
 def load_runs(sweep_dir: str) -> list[Run]:
   """All runs of a sweep directory, in the sweep file's order."""
-  sweep = _read_json(os.path.join(sweep_dir, 'sweep.json'))
+  sweep = sweep_lib.read_json(os.path.join(sweep_dir, 'sweep.json'))
   if sweep is None:
     raise FileNotFoundError(
         f'{sweep_dir}: no sweep.json; is this a directory written by '
@@ -96,8 +90,8 @@ def load_runs(sweep_dir: str) -> list[Run]:
   runs = []
   for entry in sweep['runs']:
     run_dir = os.path.join(sweep_dir, entry['name'])
-    record = _read_json(os.path.join(run_dir, 'sweep_run.json')) or {}
-    config = _read_json(os.path.join(run_dir, 'config.json')) or {}
+    record = sweep_lib.read_json(os.path.join(run_dir, 'sweep_run.json')) or {}
+    config = sweep_lib.read_json(os.path.join(run_dir, 'config.json')) or {}
     records = read_records(os.path.join(run_dir, 'metrics.jsonl'))
     runs.append(Run(
         name=entry['name'], setting=entry['setting'],
@@ -114,7 +108,8 @@ def class_names(sweep_dir: str, runs: Sequence[Run],
                 num_classes: int) -> list[str]:
   """Class names of the sweep's dataset where cheaply known, else indices."""
   for run in runs:
-    config = _read_json(os.path.join(sweep_dir, run.name, 'config.json'))
+    config = sweep_lib.read_json(
+        os.path.join(sweep_dir, run.name, 'config.json'))
     if config and config.get('dataset') == 'synthetic':
       from fcn_jax import synthetic  # numpy only: cheap to import.
       if len(synthetic.CLASS_NAMES) == num_classes:

@@ -188,7 +188,8 @@ def run_command(workdir: str, overrides: dict[str, Any], config_file: str,
           + [f'--config.{k}={format_value(v)}' for k, v in overrides.items()])
 
 
-def _read_json(path: str) -> dict | None:
+def read_json(path: str) -> dict | None:
+  """The JSON object in `path`, or None if it is missing or half-written."""
   try:
     with open(path) as f:
       return json.load(f)
@@ -204,7 +205,7 @@ def _write_json(path: str, data: dict) -> None:
 
 def final_step(run_dir: str) -> int | None:
   """num_train_steps from the run's resolved config.json (None if absent)."""
-  config = _read_json(os.path.join(run_dir, 'config.json'))
+  config = read_json(os.path.join(run_dir, 'config.json'))
   return None if config is None else config.get('num_train_steps')
 
 
@@ -233,7 +234,7 @@ def is_finished(run_dir: str, overrides: dict[str, Any] | None = None,
   values), or metrics.jsonl holds a validation record at config.json's final
   step.
   """
-  record = _read_json(os.path.join(run_dir, RUN_FILE))
+  record = read_json(os.path.join(run_dir, RUN_FILE))
   if record is not None and overrides is not None and (
       record.get('overrides') != json.loads(json.dumps(overrides))
       or record.get('extra', {}) != (extra or {})):
@@ -249,7 +250,7 @@ def execute_run(run_dir: str, overrides: dict[str, Any], config_file: str,
   """Runs (or resumes) one run in `run_dir`; returns its sweep_run.json."""
   os.makedirs(run_dir, exist_ok=True)
   record_path = os.path.join(run_dir, RUN_FILE)
-  previous = _read_json(record_path) or {}
+  previous = read_json(record_path) or {}
   all_overrides = dict(overrides, **(extra or {}))
   command = run_command(run_dir, all_overrides, config_file)
   record = {
