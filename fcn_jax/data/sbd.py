@@ -79,16 +79,9 @@ class SBDSource(voc.VOCLayoutSource):
 
 def find_sbd_root(data_dir: str) -> str:
   """benchmark_RELEASE/dataset under `data_dir` (or data_dir itself)."""
-  if not data_dir or not os.path.isdir(data_dir):
-    raise decode.DataError(f'config.data_dir={data_dir!r}: folder not found.')
-  candidates = [os.path.join(data_dir, 'benchmark_RELEASE', 'dataset'),
-                os.path.join(data_dir, 'dataset'), data_dir]
-  for candidate in candidates:
-    if os.path.isdir(os.path.join(candidate, 'cls')):
-      return candidate
-  raise decode.DataError(
-      f'config.data_dir={data_dir!r}: no SBD folder found (looked for '
-      f'{", ".join(candidates)} with a cls/ folder inside).')
+  candidates = [os.path.join(data_dir or '', 'benchmark_RELEASE', 'dataset'),
+                os.path.join(data_dir or '', 'dataset'), data_dir]
+  return voc.find_dataset_root(data_dir, candidates, 'cls', 'SBD')
 
 
 def sbd_datasets(data_dir: str, skip_bad: bool = False):

@@ -126,22 +126,28 @@ def read_class_names(root: str) -> tuple[str, ...] | None:
   return names
 
 
+def find_dataset_root(data_dir: str, candidates: Sequence[str], marker: str,
+                      what: str) -> str:
+  """The first of `candidates` holding a `marker` folder, else a DataError."""
+  if not data_dir or not os.path.isdir(data_dir):
+    raise decode.DataError(f'config.data_dir={data_dir!r}: folder not found.')
+  for candidate in candidates:
+    if os.path.isdir(os.path.join(candidate, marker)):
+      return candidate
+  raise decode.DataError(
+      f'config.data_dir={data_dir!r}: no {what} folder found (looked for '
+      f'{", ".join(candidates)} with a {marker}/ folder inside).')
+
+
 def find_voc_root(data_dir: str, years: Sequence[str]) -> str:
   """The VOC<year> folder under `data_dir` (first year found wins).
 
   Accepts data_dir = the folder the archive was unpacked in (holding
   VOCdevkit/), VOCdevkit/ itself, or VOC<year>/ itself.
   """
-  if not data_dir or not os.path.isdir(data_dir):
-    raise decode.DataError(f'config.data_dir={data_dir!r}: folder not found.')
   candidates = []
   for year in years:
-    candidates += [os.path.join(data_dir, 'VOCdevkit', f'VOC{year}'),
-                   os.path.join(data_dir, f'VOC{year}')]
+    candidates += [os.path.join(data_dir or '', 'VOCdevkit', f'VOC{year}'),
+                   os.path.join(data_dir or '', f'VOC{year}')]
   candidates.append(data_dir)
-  for candidate in candidates:
-    if os.path.isdir(os.path.join(candidate, 'JPEGImages')):
-      return candidate
-  raise decode.DataError(
-      f'config.data_dir={data_dir!r}: no VOC folder found (looked for '
-      f'{", ".join(candidates)} with a JPEGImages/ folder inside).')
+  return find_dataset_root(data_dir, candidates, 'JPEGImages', 'VOC')
