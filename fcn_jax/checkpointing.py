@@ -1,6 +1,9 @@
 """Orbax checkpoints of the train state in `<workdir>/checkpoints`.
 
 Keeps the last `keep` checkpoints plus the best one by validation mean IU.
+Each step holds two items: 'default' (the TrainState: params, optimizer
+state, step) and 'data' (the grain training iterator's state, one JSON file
+per process), so a resumed run reads the same next batches.
 Orbax writes each step to a temporary directory and renames it when complete,
 so an interrupted save is never mistaken for a checkpoint; leftover temporary
 directories are removed when the next run opens the manager. Saves are
@@ -17,6 +20,7 @@ import collections
 import os
 import time
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
@@ -25,6 +29,11 @@ from fcn_jax import fault_tolerance
 from orbax.checkpoint._src.checkpoint_managers import preservation_policy as pp
 
 BEST_METRIC = 'mean_iu'
+# Item names inside a step directory. 'default' is the name Orbax gives a
+# single saved item, which keeps checkpoints written before the data item
+# existed readable.
+STATE_ITEM = 'default'
+DATA_ITEM = 'data'
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -45,27 +54,50 @@ def create_manager(workdir: str, keep: int = 2) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       best_fn=_best_metric, best_mode='max', preservation_policy=policy,
       create=True, cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+  # Named items: otherwise Orbax takes a step holding a 'default' folder for
+  # a single-item checkpoint and refuses to read the data item next to it.
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+                               item_names=(STATE_ITEM, DATA_ITEM))
 
 
 def save(manager: ocp.CheckpointManager, step: int, state,
-         metrics: dict | None = None) -> None:
-  """Saves `state` at `step`; `metrics` (with 'mean_iu') rank the best."""
+         metrics: dict | None = None,
+         data_iterator: grain.DatasetIterator | None = None) -> None:
+  """Saves `state` (and `data_iterator`'s position) at `step`.
+
+  `metrics` (with 'mean_iu') rank the best checkpoint. The iterator's state
+  is read before this returns, so the caller may go on iterating.
+  """
   if step in manager.all_steps():
     return
   if metrics is not None:
     metrics = {BEST_METRIC: float(metrics[BEST_METRIC])}
-  manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics)
+  items = {STATE_ITEM: ocp.args.StandardSave(state)}
+  if data_iterator is not None:
+    items[DATA_ITEM] = grain.checkpoint.CheckpointSave(data_iterator)
+  manager.save(step, args=ocp.args.Composite(**items), metrics=metrics)
 
 
-def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
+def has_data_state(manager: ocp.CheckpointManager, step: int) -> bool:
+  """Whether the checkpoint at `step` holds a data iterator state."""
+  return os.path.isdir(os.path.join(manager.directory, str(step), DATA_ITEM))
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state,
+            step: int | None = None,
+            data_iterator: grain.DatasetIterator | None = None):
   """Restores the checkpoint at `step` (default: latest) onto `abstract_state`.
 
   `abstract_state` is a pytree of jax.ShapeDtypeStruct with shardings (from
   jax.eval_shape), which places the restored arrays on the right devices.
+  If given, `data_iterator` is set to the saved position when the checkpoint
+  has one (see `has_data_state`); it is left alone otherwise.
   """
   step = manager.latest_step() if step is None else step
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+  items = {STATE_ITEM: ocp.args.StandardRestore(abstract_state)}
+  if data_iterator is not None and has_data_state(manager, step):
+    items[DATA_ITEM] = grain.checkpoint.CheckpointRestore(data_iterator)
+  return manager.restore(step, args=ocp.args.Composite(**items))[STATE_ITEM]
 
 
 def corrupt_dir(workdir: str) -> str:
@@ -117,8 +149,12 @@ def _holds_other_structure(workdir: str, step: int, abstract_state) -> bool:
 
 
 def restore_latest_valid(manager: ocp.CheckpointManager, workdir: str,
-                         abstract_state):
+                         abstract_state,
+                         data_iterator: grain.DatasetIterator | None = None):
   """Restores the newest readable checkpoint; None if there is none at all.
+
+  `data_iterator`, if given, is moved to the restored step's saved position
+  (see `restore`).
 
   Unreadable checkpoints (truncated or missing files) are moved aside with a
   warning, and the next older one is tried.
@@ -132,7 +168,7 @@ def restore_latest_valid(manager: ocp.CheckpointManager, workdir: str,
   steps = sorted(manager.all_steps(), reverse=True)
   for step in steps:
     try:
-      return restore(manager, abstract_state, step)
+      return restore(manager, abstract_state, step, data_iterator)
     except Exception as e:  # pylint: disable=broad-except
       # Orbax/TensorStore raise many types for damaged files; any failure to
       # read a step whose metadata matches this config means it is unusable.

@@ -4,8 +4,10 @@ A dataset is a random-access *source* (``len`` and ``__getitem__`` returning
 {'image': (H, W, 3) uint8 RGB, 'label': (H, W) int, 'id': int}) plus its
 `DatasetInfo`. Training batches come from a grain MapDataset that is shuffled
 and repeated with a fixed seed, so the batch of step `s` is a pure function of
-(seed, s): resuming at step s reads exactly the batches an uninterrupted run
-would have read, with no iterator state to save.
+(seed, s). Training reads it through a grain iterator (`train_iterator`) that
+decodes ahead in threads or in worker processes (config.data_workers); its
+state is saved in every checkpoint next to the train state, so a resumed run
+continues with exactly the batches an uninterrupted run would have read.
 
 Real datasets (fcn_jax.data: 'voc', 'sbd', 'voc_dir', 'tfds:<name>') have
 images of different sizes. Training with config.image_size > 0 takes random
@@ -30,6 +32,7 @@ import grain
 import jax
 import ml_collections
 import numpy as np
+from absl import flags
 
 from fcn_jax import synthetic
 from fcn_jax.data import decode
@@ -223,6 +226,45 @@ def train_dataset(source, global_batch_size: int, seed: int,
   ds = ds.batch(per_host, drop_remainder=True, batch_fn=functools.partial(
       pad_and_stack, pad_multiple=pad_multiple, pad_size=pad_size))
   return ds[jax.process_index()::num_hosts]
+
+
+def num_data_workers(config: ml_collections.ConfigDict,
+                     info: DatasetInfo) -> int:
+  """config.data_workers, or with -1 (auto) a choice for the dataset.
+
+  Auto: none for the synthetic scenes (drawing a batch costs less than sending
+  it between processes), else half the CPU cores, at most 8, leaving the rest
+  to the training step.
+  """
+  workers = config.get('data_workers', -1)
+  if workers >= 0:
+    return workers
+  if not info.variable_size:
+    return 0
+  return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+def train_iterator(train_ds: grain.MapDataset, num_workers: int = 0,
+                   prefetch: int = 2) -> grain.DatasetIterator:
+  """An iterator over `train_ds` (batch 0, 1, ...) that decodes ahead.
+
+  With `num_workers` > 0, worker processes each produce every
+  num_workers-th batch and the iterator interleaves them back in order, so
+  the batches are the same for any number of workers. Otherwise `prefetch`
+  threads of this process read ahead. Either way `get_state()` describes the
+  batches handed out so far (not those read ahead), which is what a
+  checkpoint must store.
+  """
+  ds = train_ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=prefetch, prefetch_buffer_size=prefetch))
+  if num_workers > 0:
+    if not flags.FLAGS.is_parsed():
+      # grain reads its absl flags when it starts workers; outside an absl
+      # program (notebooks, tests) let them take their defaults.
+      flags.FLAGS.mark_as_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=num_workers, per_worker_buffer_size=prefetch))
+  return iter(ds)
 
 
 def _augment_and_preprocess(example: dict, rng: np.random.Generator, *,

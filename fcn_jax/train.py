@@ -8,7 +8,6 @@ data, logging, evaluation and checkpoints.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import functools
 import json
@@ -18,6 +17,7 @@ import time
 from typing import Any
 
 import flax
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -437,11 +437,21 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
   logging.info('Model %s (width %g): %s parameters.', config.model,
                config.width, f'{num_params:,}')
 
-  restored = checkpointing.restore_latest_valid(manager, workdir, state)
+  train_ds = input_pipeline.train_dataset_from_config(train_source, config,
+                                                      info)
+  train_iter = input_pipeline.train_iterator(
+      train_ds, input_pipeline.num_data_workers(config, info),
+      config.get('data_prefetch', 2))
+  cleanup.callback(train_iter.close)
+  restored = checkpointing.restore_latest_valid(manager, workdir, state,
+                                                train_iter)
   if restored is not None:
     state = restored
     logging.info('Resumed from checkpoint at step %d in %s.', int(state.step),
                  checkpointing.checkpoint_dir(workdir))
+    if not checkpointing.has_data_state(manager, int(state.step)):
+      # Written before checkpoints held the iterator: batch s is ds[s].
+      grain.experimental.set_next_index(train_iter, int(state.step))
   elif config.get('init_from'):
     # Fresh run seeded from pretrained weights (VGG16, an earlier stage).
     state = state.replace(params=convert.init_from(state.params,
@@ -449,8 +459,6 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
   start_step = int(state.step)
 
   p_train_step, p_eval_step = compile_steps(config, mesh)
-  train_ds = input_pipeline.train_dataset_from_config(train_source, config,
-                                                      info)
   writer = writers.MetricWriter(workdir)
   cleanup.callback(writer.close)
   dropout_rng = sharding.replicate(dropout_rng, mesh)
@@ -467,15 +475,10 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
     return scores
 
   scores = None
-  prefetch = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-  cleanup.callback(prefetch.shutdown, cancel_futures=True)
-  next_batch = prefetch.submit(train_ds.__getitem__, start_step)
   timer_start, timer_step = time.time(), start_step
   train_losses = []
   for step in range(start_step + 1, config.num_train_steps + 1):
-    batch = next_batch.result()
-    if step < config.num_train_steps:
-      next_batch = prefetch.submit(train_ds.__getitem__, step)
+    batch = next(train_iter)
     batch = faults.corrupt_batch(step, batch)
     batch_ids = batch.get('id')
     batch = sharding.shard_batch({k: batch[k] for k in ('image', 'label')}, mesh)
@@ -513,13 +516,14 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
     if step % config.checkpoint_every_steps == 0 or is_last:
       evaluated_now = scores is not None and (step % config.eval_every_steps == 0
                                               or is_last)
-      checkpointing.save(manager, step, state, scores if evaluated_now else None)
+      checkpointing.save(manager, step, state,
+                         scores if evaluated_now else None, train_iter)
       faults.after_save_started(step, saving=not os.path.isdir(
           os.path.join(checkpointing.checkpoint_dir(workdir), str(step))))
     if stop.requested:
-      _stop_on_signal(stop.signum, manager, workdir, step, state)
+      _stop_on_signal(stop.signum, manager, workdir, step, state, train_iter)
 
-  prefetch.shutdown()
+  train_iter.close()
   if scores is None:  # Resumed a finished run: evaluate what we have.
     scores = run_eval(int(state.step))
     checkpointing.save(manager, int(state.step), state, scores)
@@ -568,9 +572,9 @@ def _format_ids(batch_ids) -> str:
   return '[' + ', '.join(str(i) for i in np.ravel(batch_ids).tolist()) + ']'
 
 
-def _stop_on_signal(signum, manager, workdir, step, state) -> None:
+def _stop_on_signal(signum, manager, workdir, step, state, train_iter) -> None:
   """Checkpoints `state` (unless step is saved already) and raises Interrupted."""
-  checkpointing.save(manager, step, state)
+  checkpointing.save(manager, step, state, data_iterator=train_iter)
   manager.wait_until_finished()
   name = signal.Signals(signum).name
   raise fault_tolerance.Interrupted(

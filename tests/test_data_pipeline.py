@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from fcn_jax import checkpointing
 from fcn_jax import input_pipeline
 from fcn_jax import losses
 from fcn_jax import metrics
@@ -106,6 +107,44 @@ def test_training_batches_are_deterministic_and_resumable():
   # Five examples, batch 2: every epoch of the shuffled repeat visits all.
   ids = np.concatenate([b['id'] for b in run[:5]])
   assert sorted(ids[:5].tolist()) == [0, 1, 2, 3, 4]
+
+
+def _assert_same_batches(got, expected):
+  assert len(got) == len(expected)
+  for a, b in zip(got, expected):
+    for key in ('image', 'label', 'id'):
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+@pytest.mark.parametrize('num_workers', [0, 2])
+def test_iterator_resumes_from_the_state_in_the_checkpoint(num_workers,
+                                                           tmp_path):
+  kwargs = dict(crop_size=8, scale_range=(0.8, 1.25), pad_multiple=32)
+  ds = _dataset(3, **kwargs)
+  expected = [ds[step] for step in range(6)]  # Independent: random access.
+  state = {'w': jnp.arange(3.0)}
+  manager = checkpointing.create_manager(str(tmp_path))
+  iterator = input_pipeline.train_iterator(ds, num_workers)
+  try:
+    # Worker processes (or threads) give the batches in order.
+    _assert_same_batches([next(iterator) for _ in range(3)], expected[:3])
+    checkpointing.save(manager, 3, state, data_iterator=iterator)
+    manager.wait_until_finished()
+    # Iterating on after the save must not move the saved position.
+    _assert_same_batches([next(iterator), next(iterator)], expected[3:5])
+  finally:
+    iterator.close()
+  assert checkpointing.has_data_state(manager, 3)
+
+  resumed = input_pipeline.train_iterator(_dataset(3, **kwargs), num_workers)
+  try:
+    restored = checkpointing.restore(
+        manager, jax.eval_shape(lambda: state), 3, resumed)
+    np.testing.assert_array_equal(restored['w'], state['w'])
+    _assert_same_batches([next(resumed) for _ in range(3)], expected[3:6])
+  finally:
+    resumed.close()
+  manager.close()
 
 
 def test_whole_image_batches_pad_to_a_bucket():

@@ -3,6 +3,7 @@ checkpoint round trip and resume."""
 
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -163,6 +164,27 @@ def test_resume_continues_from_the_saved_step_to_the_same_result(
   mesh = sharding.create_mesh()
   template = train.create_train_state(config, train.create_model(config, 7),
                                       _init_key(), mesh)
+  full = checkpointing.restore(checkpointing.create_manager(workdir), template, 6)
+  split = checkpointing.restore(checkpointing.create_manager(split_dir),
+                                template, 6)
+  for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(split)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_resume_from_a_checkpoint_without_data_state(finished_run, tmp_path):
+  # Checkpoints written before the iterator state was saved hold only the
+  # train state; resuming reads batch s as ds[s], as the iterator would.
+  workdir, _ = finished_run
+  split_dir = str(tmp_path / 'split')
+  train.train_and_evaluate(_tiny(num_train_steps=3), split_dir)
+  data_dir = os.path.join(checkpointing.checkpoint_dir(split_dir), '3',
+                          checkpointing.DATA_ITEM)
+  assert os.path.isdir(data_dir)
+  shutil.rmtree(data_dir)
+  train.train_and_evaluate(_tiny(), split_dir)
+  config = _tiny()
+  template = train.create_train_state(config, train.create_model(config, 7),
+                                      _init_key(), sharding.create_mesh())
   full = checkpointing.restore(checkpointing.create_manager(workdir), template, 6)
   split = checkpointing.restore(checkpointing.create_manager(split_dir),
                                 template, 6)

@@ -77,6 +77,13 @@ def get_config() -> ml_collections.ConfigDict:
   # Missing or bad image/label files: False = stop with an error naming the
   # file; True = skip it with a warning (it contributes nothing).
   config.skip_bad_examples = False
+  # Training input: grain worker processes that read, decode and augment
+  # batches (0 = threads of the training process; -1 = auto: 0 for the
+  # synthetic data, else half the CPU cores, at most 8), and how many batches
+  # each reads ahead. The batches do not depend on either; the iterator's
+  # position is saved in every checkpoint.
+  config.data_workers = -1
+  config.data_prefetch = 2
 
   # Global batch size, split evenly over all devices.
   config.batch_size = 8
