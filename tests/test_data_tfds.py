@@ -4,6 +4,7 @@ back through TFDS array_record data sources."""
 import os
 import shutil
 import sys
+import tarfile
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ from fcn_jax.data import decode
 from fcn_jax.data import prepare
 from fcn_jax.data import tfds_sources
 from fcn_jax.data import voc
+
+import test_data_sbd
 
 MINI = os.path.join(os.path.dirname(__file__), 'data', 'voc-real-mini')
 
@@ -82,3 +85,72 @@ def test_pet_trimaps_map_to_classes():
   with pytest.raises(decode.DataError, match=r'label values \[0\] are not in '
                      "the label map of 'oxford_iiit_pet'"):
     source._arrays({'image': image, 'segmentation_mask': trimap * 0}, 'x')
+
+
+def _folder_labels(source):
+  return {image_id: source[i]['label'] for i, image_id in enumerate(source.ids)}
+
+
+def _tfds_labels(name, data_dir, split, num_classes=21):
+  source = tfds_sources.TfdsSource(name, split, data_dir, num_classes)
+  labels = {}
+  for i in range(len(source)):
+    image_id = source._data()[i]['image_id']
+    image_id = image_id.decode() if isinstance(image_id, bytes) else image_id
+    labels[image_id] = source[i]['label']
+  return labels
+
+
+def _assert_same_labels(got, expected):
+  assert sorted(got) == sorted(expected)
+  for image_id, label in expected.items():
+    np.testing.assert_array_equal(got[image_id], label)
+
+
+def test_voc_builder_reads_the_original_tar(tmp_path):
+  # The archive as downloaded: VOCtrainval_11-May-2012.tar holding
+  # VOCdevkit/VOC2012/..., left packed in the manual_dir.
+  manual_dir = tmp_path / 'manual'
+  manual_dir.mkdir()
+  with tarfile.open(manual_dir / 'VOCtrainval_11-May-2012.tar', 'w') as tar:
+    tar.add(MINI, arcname='VOCdevkit/VOC2012')
+  data_dir = str(tmp_path / 'tfds')
+  prepare.prepare('voc_segmentation/2012', data_dir, str(manual_dir))
+  for split in ('train', 'val'):
+    _assert_same_labels(
+        _tfds_labels('voc_segmentation/2012', data_dir, split),
+        _folder_labels(voc.VOCLayoutSource(MINI, split, 21)))
+
+
+def test_sbd_builder_reads_the_original_tgz(tmp_path):
+  # benchmark.tgz holds benchmark_RELEASE/dataset/{img,cls,train.txt,val.txt}.
+  unpacked = tmp_path / 'unpacked'
+  rng = np.random.default_rng(0)
+  labels = {'2008_000002': rng.integers(0, 21, (5, 7)).astype(np.uint8),
+            '2008_000003': rng.integers(0, 21, (6, 4)).astype(np.uint8)}
+  dataset = test_data_sbd._write_sbd(unpacked, labels)
+  (dataset / 'train.txt').write_text('2008_000002\n')
+  (dataset / 'val.txt').write_text('2008_000003\n')
+  manual_dir = tmp_path / 'manual'
+  manual_dir.mkdir()
+  with tarfile.open(manual_dir / 'benchmark.tgz', 'w:gz') as tar:
+    tar.add(unpacked / 'benchmark_RELEASE', arcname='benchmark_RELEASE')
+  data_dir = str(tmp_path / 'tfds')
+  prepare.prepare('sbd_segmentation', data_dir, str(manual_dir))
+  for split, image_id in (('train', '2008_000002'), ('val', '2008_000003')):
+    _assert_same_labels(_tfds_labels('sbd_segmentation', data_dir, split),
+                        {image_id: labels[image_id]})
+
+
+def test_truncated_archive_names_the_file_and_leaves_nothing(tmp_path):
+  manual_dir = tmp_path / 'manual'
+  manual_dir.mkdir()
+  with tarfile.open(tmp_path / 'whole.tgz', 'w:gz') as tar:
+    tar.add(MINI, arcname='benchmark_RELEASE/dataset')
+  data = (tmp_path / 'whole.tgz').read_bytes()
+  (manual_dir / 'benchmark.tgz').write_bytes(data[:len(data) // 2])
+  data_dir = tmp_path / 'tfds'
+  with pytest.raises(decode.DataError, match='benchmark.tgz: cannot unpack'):
+    prepare.prepare('sbd_segmentation', str(data_dir), str(manual_dir))
+  extracted = data_dir / 'downloads' / 'extracted'
+  assert not extracted.exists() or not os.listdir(extracted)

@@ -12,6 +12,8 @@ original JPEG bytes; labels as lossless grayscale PNGs of the class indices
 from __future__ import annotations
 
 import os
+import shutil
+import tarfile
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -46,7 +48,31 @@ def _unpacked(dl_manager, archive_name: str, unpacked_names) -> str:
     raise decode.DataError(
         f'{manual_dir}: neither {" nor ".join(unpacked_names)} nor '
         f'{archive_name} found in the manual_dir.')
-  return os.fspath(dl_manager.extract(archive))
+  return _extract(archive, os.path.join(os.fspath(dl_manager.download_dir),
+                                        'extracted', archive_name))
+
+
+def _extract(archive: str, target: str) -> str:
+  """Unpacks a .tar/.tgz into `target` once; returns `target`.
+
+  Python's tarfile rather than dl_manager.extract, which needs TensorFlow.
+  The 'data' filter refuses members that would land outside `target`
+  (absolute paths, '..', links), and unpacking into a temporary folder that
+  is renamed at the end means an interrupted run leaves no half archive.
+  """
+  if os.path.isdir(target):
+    return target
+  partial = target + '.partial'
+  shutil.rmtree(partial, ignore_errors=True)
+  try:
+    with tarfile.open(archive) as tar:
+      tar.extractall(partial, filter='data')
+  except (tarfile.TarError, OSError, EOFError) as e:
+    shutil.rmtree(partial, ignore_errors=True)
+    raise decode.DataError(f'{archive}: cannot unpack ({e}); download it '
+                           'again.') from e
+  os.replace(partial, target)
+  return target
 
 
 def _examples(source: voc.VOCLayoutSource):
