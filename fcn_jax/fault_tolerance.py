@@ -32,7 +32,7 @@ RESUME_KEYS = ('model', 'num_classes', 'dataset', 'width')
 LOCK_FILE = '.lock'
 FAULTS_ENV = 'FCN_JAX_TEST_FAULTS'
 FAULT_EVENTS = ('sigkill_after_step', 'sigkill_in_save', 'sigterm_after_step',
-                'sigint_after_step', 'nan_batch')
+                'sigint_after_step', 'ctrl_c_after_step', 'nan_batch')
 
 
 class ConfigError(ValueError):
@@ -186,6 +186,8 @@ class TestFaults:
   FAULT_EVENTS, e.g. 'sigkill_in_save@3,nan_batch@5':
     sigkill_after_step / sigterm_after_step / sigint_after_step: the process
       sends itself that signal right after training step STEP;
+    ctrl_c_after_step: SIGINT to the whole process group, data worker
+      processes included, as Ctrl-C in a terminal does;
     sigkill_in_save: kill -9 right after the (asynchronous) checkpoint save of
       step STEP has started, while Orbax is still writing it;
     nan_batch: the images of the batch of step STEP become NaN.
@@ -221,6 +223,10 @@ class TestFaults:
       if self._due(event, step):
         logging.warning('%s: %s after step %d.', FAULTS_ENV, event, step)
         os.kill(os.getpid(), signum)
+    if self._due('ctrl_c_after_step', step):
+      logging.warning('%s: SIGINT to the process group after step %d.',
+                      FAULTS_ENV, step)
+      os.killpg(os.getpgid(0), signal.SIGINT)
 
   def after_save_started(self, step: int, saving: bool) -> None:
     if self._due('sigkill_in_save', step):

@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import math
 import os
+import signal
 from typing import Iterator, Sequence
 
 import grain
@@ -263,8 +264,17 @@ def train_iterator(train_ds: grain.MapDataset, num_workers: int = 0,
       # program (notebooks, tests) let them take their defaults.
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=num_workers, per_worker_buffer_size=prefetch))
+        num_workers=num_workers, per_worker_buffer_size=prefetch),
+                        worker_init_fn=_ignore_ctrl_c)
   return iter(ds)
+
+
+def _ignore_ctrl_c(worker_index: int, num_workers: int) -> None:
+  # Ctrl-C reaches the whole process group. Workers keep serving batches so
+  # that the training process can finish its step and save a checkpoint
+  # (fault_tolerance.StopSignals); they exit with it.
+  del worker_index, num_workers
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _augment_and_preprocess(example: dict, rng: np.random.Generator, *,

@@ -48,10 +48,13 @@ def _env(cache_dir, faults='', **extra):
 
 
 def _start(workdir, cache_dir, *flags, faults='', **env):
+  # A session (process group) of its own, so a Ctrl-C fault reaches the run
+  # and its data workers, not pytest.
   return subprocess.Popen(
       [sys.executable, '-m', 'fcn_jax.main', f'--workdir={workdir}', *FLAGS,
        *flags], cwd=ROOT, env=_env(cache_dir, faults, **env),
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      start_new_session=True)
 
 
 def _finish(proc):
@@ -204,6 +207,28 @@ def test_interrupted_runs_resume_bit_exact(reference, cache_dir, tmp_path):
 def _error_lines(out):
   return [line for line in out.splitlines()
           if line.startswith(('E', 'FATAL'))]
+
+
+def test_ctrl_c_with_data_workers_saves_and_resumes_bit_exact(
+    reference, cache_dir, tmp_path):
+  # Ctrl-C signals the data worker processes too (they ignore it): the run
+  # still finishes its step, saves (with the iterator's state) and exits 130;
+  # the rerun ends bit-identical to the reference, which read its batches
+  # without workers.
+  workdir = tmp_path / 'run'
+  workers = '--config.data_workers=1'
+  rc, out = _run(workdir, cache_dir, workers, faults='ctrl_c_after_step@4')
+  assert rc == 130, out[-3000:]
+  assert 'Stopped by SIGINT after step 4' in out
+  assert _steps(workdir) == [3, 4]
+  rc, out = _run(workdir, cache_dir, workers)
+  assert rc == 0, out[-3000:]
+  assert 'Resumed from checkpoint at step 4' in out
+  resumed = _saved_arrays(workdir, 6)
+  expected = _saved_arrays(reference(), 6)
+  assert resumed.keys() == expected.keys()
+  for key, value in expected.items():
+    assert resumed[key].tobytes() == value.tobytes(), key
 
 
 def test_refuses_bad_flags_locked_or_changed_workdir(reference, cache_dir,
