@@ -439,9 +439,12 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
 
   train_ds = input_pipeline.train_dataset_from_config(train_source, config,
                                                       info)
+  num_workers = input_pipeline.num_data_workers(config, info)
   train_iter = input_pipeline.train_iterator(
-      train_ds, input_pipeline.num_data_workers(config, info),
-      config.get('data_prefetch', 2))
+      train_ds, num_workers, config.get('data_prefetch', 2))
+  logging.info('Training batches read ahead by %s.',
+               f'{num_workers} data worker processes' if num_workers
+               else 'threads of this process')
   cleanup.callback(train_iter.close)
   restored = checkpointing.restore_latest_valid(manager, workdir, state,
                                                 train_iter)
