@@ -263,9 +263,9 @@ def train_iterator(train_ds: grain.MapDataset, num_workers: int = 0,
       # grain reads its absl flags when it starts workers; outside an absl
       # program (notebooks, tests) let them take their defaults.
       flags.FLAGS.mark_as_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=num_workers, per_worker_buffer_size=prefetch),
-                        worker_init_fn=_ignore_ctrl_c)
+    options = grain.MultiprocessingOptions(
+        num_workers=num_workers, per_worker_buffer_size=prefetch)
+    ds = ds.mp_prefetch(options, worker_init_fn=_ignore_ctrl_c)
   return iter(ds)
 
 

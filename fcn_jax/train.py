@@ -86,6 +86,9 @@ def validate_config(config: ml_collections.ConfigDict,
         "expected 'float32' or 'bfloat16'")
   check(config.get('fast_ops', 'auto') in models.FAST_OPS_MODES, 'fast_ops',
         f'expected one of {models.FAST_OPS_MODES}')
+  check(config.get('data_workers', -1) >= -1, 'data_workers',
+        'must be >= 0, or -1 for auto')
+  check(config.get('data_prefetch', 2) > 0, 'data_prefetch', 'must be positive')
   for key in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
               'keep_checkpoints'):
     check(config[key] > 0, key, 'must be positive')

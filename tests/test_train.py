@@ -202,6 +202,7 @@ def test_num_classes_contradicting_the_dataset_is_an_error(tmp_path):
     ('optimizer', 'rmsprop', 'config.optimizer'),
     ('num_train_steps', -1, 'config.num_train_steps'),
     ('loss_normalization', 'max', 'config.loss_normalization'),
+    ('data_workers', -2, r'config.data_workers=-2: must be >= 0, or -1'),
 ])
 def test_bad_config_values_fail_before_any_work(key, value, message, tmp_path):
   with pytest.raises(ValueError, match=message):
