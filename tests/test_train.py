@@ -1,6 +1,7 @@
 """Training tests: the optimizer recipe, loss going down, end-to-end runs,
 checkpoint round trip and resume."""
 
+import importlib
 import json
 import os
 import shutil
@@ -208,3 +209,27 @@ def test_bad_config_values_fail_before_any_work(key, value, message, tmp_path):
   with pytest.raises(ValueError, match=message):
     train.train_and_evaluate(_tiny(**{key: value}), str(tmp_path / 'w'))
   assert not os.path.exists(tmp_path / 'w' / 'checkpoints')
+
+
+@pytest.mark.parametrize('recipe,model,lr,steps,init_from', [
+    ('voc_fcn32s', 'fcn32s', 1e-10, 100_000, 'weights/vgg16_from_caffe'),
+    ('voc_fcn16s', 'fcn16s', 1e-12, 100_000, 'runs/voc-fcn32s'),
+    ('voc_fcn8s', 'fcn8s', 1e-14, 100_000, 'runs/voc-fcn16s'),
+    ('voc_fcn8s_atonce', 'fcn8s-atonce', 1e-10, 300_000,
+     'weights/vgg16_from_caffe'),
+])
+def test_paper_recipes_hold_the_reference_solver_settings(
+    recipe, model, lr, steps, init_from):
+  # The reference solvers (voc-fcn*/solver.prototxt): fixed rate for the
+  # unnormalized loss, momentum 0.99, batch 1 (iter_size 1), weight decay
+  # 5e-4; SBD train with seg11valid evaluation, whole images.
+  config = importlib.import_module(f'fcn_jax.configs.{recipe}').get_config()
+  assert (config.model, config.learning_rate, config.num_train_steps,
+          config.init_from) == (model, lr, steps, init_from)
+  assert (config.optimizer, config.momentum, config.lr_schedule,
+          config.warmup_steps) == ('sgd', 0.99, 'constant', 0)
+  assert (config.batch_size, config.loss_normalization,
+          config.weight_decay) == (1, 'sum', 5e-4)
+  assert (config.dataset, config.image_size, config.width,
+          config.random_flip) == ('sbd', 0, 1.0, False)
+  train.validate_config(config, num_devices=1)
