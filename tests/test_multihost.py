@@ -7,6 +7,7 @@ process its half), so the checkpointed parameters and the logged metrics must
 agree. Every subprocess has a timeout, so a missing peer cannot hang CI.
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -120,3 +121,19 @@ def test_only_process_zero_logs_the_same_metrics(runs):
       if key in want:
         np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-7,
                                    err_msg=f'{key} at step {want["step"]}')
+
+
+def test_each_process_saves_its_data_iterator_position(runs):
+  # Each process reads its own slice of every global batch, so each saves
+  # its own iterator state; after STEPS steps both slices stand at batch
+  # STEPS, as the single process does.
+  single, multi, _ = runs
+  def states(workdir):
+    data = os.path.join(workdir, 'checkpoints', str(STEPS), 'data')
+    return {name: json.loads(open(os.path.join(data, name)).read())
+            for name in sorted(os.listdir(data)) if name.endswith('.json')}
+  multi_states = states(multi)
+  assert list(multi_states) == ['process_0-of-2.json', 'process_1-of-2.json']
+  (single_state,) = states(single).values()
+  assert multi_states['process_0-of-2.json'] == single_state
+  assert multi_states['process_1-of-2.json'] == single_state
