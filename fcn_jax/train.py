@@ -446,7 +446,7 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
   train_iter = input_pipeline.train_iterator(
       train_ds, num_workers, config.get('data_prefetch', 2))
   logging.info('Training batches read ahead by %s.',
-               f'{num_workers} data worker processes' if num_workers
+               f'data worker processes ({num_workers})' if num_workers
                else 'threads of this process')
   cleanup.callback(train_iter.close)
   restored = checkpointing.restore_latest_valid(manager, workdir, state,
