@@ -168,11 +168,7 @@ def _mean_rate(run: Run) -> float | None:
 
 def _pct(stat: tuple[float, float, int]) -> str:
   mean, std, n = stat
-  if n == 0:
-    return 'n/a'
-  if n == 1 or math.isnan(std):
-    return f'{100 * mean:.1f}'
-  return f'{100 * mean:.1f} ± {100 * std:.1f}'
+  return _plain((100 * mean, 100 * std, n), 1)
 
 
 def _plain(stat: tuple[float, float, int], digits: int = 0) -> str:

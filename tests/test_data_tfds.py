@@ -31,6 +31,12 @@ def prepared_voc(tmp_path_factory):
   return str(data_dir)
 
 
+def _image_id(source, index):
+  """The stored VOC/SBD image id of example `index` of a TfdsSource."""
+  image_id = source._data()[index]['image_id']
+  return image_id.decode() if isinstance(image_id, bytes) else image_id
+
+
 def test_tfds_voc_reads_back_the_folder_exactly(prepared_voc):
   config = default.get_tiny_config()
   config.dataset = 'tfds:voc_segmentation/2012'
@@ -44,8 +50,7 @@ def test_tfds_voc_reads_back_the_folder_exactly(prepared_voc):
   for source in (train, val):
     for i in range(len(source)):
       example = source[i]
-      image_id = source._data()[i]['image_id']
-      image_id = image_id.decode() if isinstance(image_id, bytes) else image_id
+      image_id = _image_id(source, i)
       expected = folder[folder.ids.index(image_id)]
       seen.add(image_id)
       np.testing.assert_array_equal(example['label'], expected['label'])
@@ -93,12 +98,7 @@ def _folder_labels(source):
 
 def _tfds_labels(name, data_dir, split, num_classes=21):
   source = tfds_sources.TfdsSource(name, split, data_dir, num_classes)
-  labels = {}
-  for i in range(len(source)):
-    image_id = source._data()[i]['image_id']
-    image_id = image_id.decode() if isinstance(image_id, bytes) else image_id
-    labels[image_id] = source[i]['label']
-  return labels
+  return {_image_id(source, i): source[i]['label'] for i in range(len(source))}
 
 
 def _assert_same_labels(got, expected):
