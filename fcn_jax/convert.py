@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import pickle
-import sys
 import zipfile
 from typing import Any, Mapping
 
@@ -822,11 +821,8 @@ def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   del argv
   f = flags.FLAGS
-  try:
-    metadata = convert_file(f.input, f.output, f.format, f.variant,
-                            f.skip_checksum)
-  except (OSError, ValueError, pickle.UnpicklingError) as e:
-    sys.exit(f'Error: {e}')  # One line naming the file, no traceback.
+  metadata = convert_file(f.input, f.output, f.format, f.variant,
+                          f.skip_checksum)
   logging.info('Wrote %s: %s', os.path.abspath(f.output), json.dumps(metadata))
 
 
@@ -845,6 +841,7 @@ def _define_flags():
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from fcn_jax import cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main)
+  # The reader's errors name the file: one line, no traceback.
+  cli.run(main, user_errors=(OSError, ValueError, pickle.UnpicklingError))
