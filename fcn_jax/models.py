@@ -55,7 +55,7 @@ ATONCE_SCALE_POOL3 = 0.0001
 # where they win, i.e. on CPU; 'on' forces them, 'off' the plain XLA ops.
 FAST_OPS_MODES = ('auto', 'on', 'off')
 # VGG blocks whose 3x3 convs get the chunked weight gradient: the large maps.
-# (Measured on CPU: it also wins on blocks 4-5, see README "Performance".)
+# (Measured on CPU: it also wins on blocks 4-5, see docs/performance.md.)
 FAST_CONV_BLOCKS = (1, 2, 3, 4, 5)
 
 
