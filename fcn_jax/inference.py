@@ -451,13 +451,13 @@ def _item_dirs(path: str) -> list[str]:
 
 def _params_subtree(tree: Any) -> tuple[Any, str | None]:
   """The parameters in a saved tree: TrainState-like {'params': ...} or the
-  parameter dict itself (keys conv1_1, ...)."""
+  parameter dict itself (keys conv1_1, ..., or conv1, ... for FCN-AlexNet)."""
   if isinstance(tree, dict):
     if 'params' in tree and isinstance(tree['params'], dict):
       inner, _ = _params_subtree(tree['params'])
       if inner is not None:
         return tree['params'], 'params'
-    if 'conv1_1' in tree:
+    if 'conv1_1' in tree or 'conv1' in tree:
       return tree, None
   return None, None
 

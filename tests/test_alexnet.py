@@ -19,6 +19,7 @@ from caffe_testutil import write_caffemodel
 from fcn_jax import alexnet
 from fcn_jax import caffe_models
 from fcn_jax import convert
+from fcn_jax import inference
 from fcn_jax import models
 from fcn_jax import train
 from fcn_jax.configs import voc_fcn_alexnet
@@ -150,6 +151,7 @@ def converted(tmp_path_factory):
                             torch_layers(net, groups=groups))
     metadata = convert.convert_file(path, str(tmp / 'converted'))
     params, _ = convert.load_params(str(tmp / 'converted'))
+    metadata['path'] = str(tmp / 'converted')
     out[bilinear] = (net, params, metadata)
   return out
 
@@ -173,6 +175,24 @@ def test_logits_match_pytorch(converted, bilinear, size):
   ref = ref.transpose(0, 2, 3, 1)
   assert ours.shape == ref.shape == (1,) + size + (N_CLASS,)
   assert rel_err(ours, ref) < 1e-4
+
+
+@needs_torch
+def test_converted_checkpoint_loads_for_inference(converted):
+  net, params, metadata = converted[True]
+  segmenter = inference.load(metadata['path'])
+  assert isinstance(segmenter.model, alexnet.FCNAlexNet)
+  assert (segmenter.model.width, segmenter.num_classes) == (WIDTH, N_CLASS)
+  assert not segmenter.model.learn_upsampling
+  image = np.random.default_rng(1).integers(0, 256, (21, 30, 3), np.uint8)
+  x = image[None, ..., ::-1].astype(np.float32) - np.float32(models.MEAN_BGR)
+  with torch.no_grad():
+    ref = net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+  labels = segmenter.segment(image)
+  assert labels.shape == (21, 30)
+  # Float rounding may flip a near-tie; anything else is a real difference.
+  assert np.mean(labels == ref[0].argmax(0)) > 0.99
+  del params
 
 
 def test_surgery_from_bvlc_alexnet_and_config(tmp_path):
