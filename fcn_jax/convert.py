@@ -643,7 +643,8 @@ def _training_step_dir(path: str) -> str | None:
       return None
     ckpt_dir = path
   workdir = os.path.dirname(os.path.abspath(ckpt_dir))
-  manager = checkpointing.create_manager(workdir)
+  # Read-only: a trainer may be writing a checkpoint in this workdir now.
+  manager = checkpointing.create_read_only_manager(workdir)
   step = manager.best_step()
   if step is None:
     step = manager.latest_step()

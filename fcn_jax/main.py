@@ -5,7 +5,7 @@
 
 Running it again on the same workdir resumes from the latest checkpoint.
 Exit status: 0 finished, 1 error (bad flag or config value, workdir in use,
-non-finite loss; one line on stderr), 143 stopped by SIGTERM and 130 by SIGINT
+non-finite loss, checkpoints unreadable or disk full; one line on stderr), 143 stopped by SIGTERM and 130 by SIGINT
 after writing a checkpoint (run the same command again to resume).
 """
 
@@ -18,6 +18,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from fcn_jax import checkpointing
 from fcn_jax import distributed
 from fcn_jax import fault_tolerance
 from fcn_jax import train
@@ -61,7 +62,8 @@ def main(argv):
     logging.warning('%s: %s', e, command)
     sys.exit(e.exit_code)
   except (fault_tolerance.ConfigError, fault_tolerance.WorkdirLockedError,
-          fault_tolerance.NonFiniteError) as e:
+          fault_tolerance.NonFiniteError,
+          checkpointing.CheckpointUnavailableError) as e:
     # Expected failures: one line saying what is wrong, no traceback.
     logging.error('%s', e)
     sys.exit(1)
