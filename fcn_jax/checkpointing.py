@@ -36,6 +36,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from fcn_jax import errors
 from fcn_jax import fault_tolerance
 from orbax.checkpoint._src.checkpoint_managers import preservation_policy as pp
 
@@ -68,7 +69,7 @@ _TROUBLE_CODES = ('UNKNOWN', 'PERMISSION_DENIED', 'RESOURCE_EXHAUSTED',
                   'INTERNAL', 'UNAUTHENTICATED')
 
 
-class CheckpointUnavailableError(RuntimeError):
+class CheckpointUnavailableError(RuntimeError, errors.UserError):
   """Checkpoints exist but none can be restored, or a save failed (I/O, disk
   full, permissions, memory); no intact checkpoint was moved or deleted."""
 

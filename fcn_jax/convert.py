@@ -13,6 +13,10 @@ Sources:
   1x1 convolutions: the paper's convolutionalization.
 * FCN-32s/16s/8s/8s-at-once weights of wkentaro/pytorch-fcn
   (``from_torchfcn``), e.g. its ``fcn8s_from_caffe.pth``.
+* The reference's own Caffe ``.caffemodel`` files (format detected from the
+  file; see fcn_jax/caffemodel.py for the reader and fcn_jax/caffe_models.py
+  for the released models and their layer tables), e.g.
+  ``fcn8s-heavy-pascal.caffemodel`` or ``VGG_ILSVRC_16_layers.caffemodel``.
 
 ``.pth`` files are read WITHOUT torch by a restricted unpickler that only
 rebuilds tensors (it refuses every other global, so a malicious pickle cannot
@@ -28,7 +32,6 @@ import hashlib
 import json
 import os
 import pickle
-import sys
 import zipfile
 from typing import Any, Mapping
 
@@ -68,7 +71,7 @@ KNOWN_WEIGHTS = {
         variant='fcn8s-atonce'),
 }
 
-FORMATS = ('vgg16-caffe', 'vgg16-torchvision', 'torchfcn')
+FORMATS = ('vgg16-caffe', 'vgg16-torchvision', 'torchfcn', 'caffemodel')
 
 # torchvision's input normalization (RGB, [0, 1] scale).
 TORCHVISION_MEAN_RGB = (0.485, 0.456, 0.406)
@@ -785,9 +788,31 @@ def init_from(params, path: str):
 # ---------------------------------------------------------------------------
 
 
+def _is_caffemodel(input_path: str, fmt: str) -> bool:
+  """--format=caffemodel, or auto with a file that looks like one."""
+  from fcn_jax import caffemodel  # pylint: disable=g-import-not-at-top
+  if fmt != 'auto' or not os.path.isfile(input_path):
+    return fmt == 'caffemodel'
+  return (input_path.endswith('.caffemodel')
+          or caffemodel.looks_like_caffemodel(input_path))
+
+
 def convert_file(input_path: str, output: str, fmt: str = 'auto',
                  variant: str = '', skip_checksum: bool = False) -> dict:
-  """Converts one .pth file into a checkpoint at `output`; returns metadata."""
+  """Converts one .pth or .caffemodel file into a checkpoint at `output`.
+
+  Returns the metadata written next to the params. For a .caffemodel,
+  `variant` may name a reference model or architecture (see
+  `caffe_models.convert_caffemodel`).
+  """
+  if _is_caffemodel(input_path, fmt):
+    from fcn_jax import caffe_models  # pylint: disable=g-import-not-at-top
+    if os.path.exists(output):  # Before reading a large file.
+      raise FileExistsError(f'{os.path.abspath(output)}: output already '
+                            'exists; choose a new path.')
+    params, metadata = caffe_models.convert_caffemodel(input_path, variant)
+    save_params(output, params, metadata)
+    return metadata
   known = None if skip_checksum else verify_checksum(input_path)
   if fmt == 'auto':
     fmt = known['format'] if known else ''
@@ -823,29 +848,33 @@ def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   del argv
   f = flags.FLAGS
-  try:
-    metadata = convert_file(f.input, f.output, f.format, f.variant,
-                            f.skip_checksum)
-  except (OSError, ValueError, pickle.UnpicklingError) as e:
-    sys.exit(f'Error: {e}')  # One line naming the file, no traceback.
+  metadata = convert_file(f.input, f.output, f.format, f.variant,
+                          f.skip_checksum)
   logging.info('Wrote %s: %s', os.path.abspath(f.output), json.dumps(metadata))
 
 
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string('input', None, 'PyTorch .pth file to convert.')
+  from fcn_jax import caffe_models  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string('input', None,
+                      'PyTorch .pth or Caffe .caffemodel file to convert.')
   flags.DEFINE_string('output', None, 'Directory to write (must not exist).')
   flags.DEFINE_enum('format', 'auto', ('auto',) + FORMATS,
-                    'Source: auto = known file name, else pytorch-fcn names.')
-  flags.DEFINE_enum('variant', '', ('',) + models.VARIANTS,
+                    'Source: auto = .caffemodel by its content, else known '
+                    'file name, else pytorch-fcn names.')
+  flags.DEFINE_enum('variant', '', ('',) + models.VARIANTS + tuple(sorted(
+      set(caffe_models.REFERENCE_MODELS) - set(models.VARIANTS))),
                     'FCN variant of a pytorch-fcn file (default: from names; '
-                    'fcn8s-atonce must be given unless the file is known).')
+                    'fcn8s-atonce must be given unless the file is known), or '
+                    'reference model of a .caffemodel (default: from its file '
+                    'name, else its layer names).')
   flags.DEFINE_bool('skip_checksum', False,
                     'Convert a known file name even if its checksum differs.')
   flags.mark_flags_as_required(['input', 'output'])
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from fcn_jax import cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main)
+  # The reader's errors name the file: one line, no traceback.
+  cli.run(main, user_errors=(OSError, ValueError, pickle.UnpicklingError))

@@ -1,6 +1,6 @@
 """Surviving preemption and failures: signals, workdir lock, resume checks.
 
-What the training loop relies on (see README.md, "Fault tolerance"):
+What the training loop relies on (see docs/fault_tolerance.md):
 
 * `StopSignals` turns SIGTERM (preemption notice) and SIGINT (Ctrl-C) into a
   request the loop checks after every step; it then writes a checkpoint and
@@ -27,6 +27,8 @@ import threading
 import numpy as np
 from absl import logging
 
+from fcn_jax import errors
+
 # Keys that define what a checkpoint is: resuming with other values would load
 # parameters of another model, or train them on another problem.
 RESUME_KEYS = ('model', 'num_classes', 'dataset', 'width')
@@ -36,15 +38,15 @@ FAULT_EVENTS = ('sigkill_after_step', 'sigkill_in_save', 'sigterm_after_step',
                 'sigint_after_step', 'ctrl_c_after_step', 'nan_batch')
 
 
-class ConfigError(ValueError):
+class ConfigError(ValueError, errors.UserError):
   """A bad flag or config value, or a config that contradicts the workdir's."""
 
 
-class WorkdirLockedError(RuntimeError):
+class WorkdirLockedError(RuntimeError, errors.UserError):
   """Another trainer holds the workdir."""
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(FloatingPointError, errors.UserError):
   """A non-finite loss or gradient; the last good checkpoint is kept."""
 
 

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fcn_jax import errors
 from fcn_jax import fast_ops as fast_ops_lib
 
 # Per-channel mean of the ImageNet training set in BGR order, 0-255 scale, as
@@ -56,7 +57,7 @@ ATONCE_SCALE_POOL3 = 0.0001
 # where they win, i.e. on CPU; 'on' forces them, 'off' the plain XLA ops.
 FAST_OPS_MODES = ('auto', 'on', 'off')
 # VGG blocks whose 3x3 convs get the chunked weight gradient: the large maps.
-# (Measured on CPU: it also wins on blocks 4-5, see README "Performance".)
+# (Measured on CPU: it also wins on blocks 4-5, see docs/performance.md.)
 FAST_CONV_BLOCKS = (1, 2, 3, 4, 5)
 
 
@@ -280,7 +281,7 @@ class Upsample(nn.Module):
                           self.factor, depthwise=True)
 
 
-class ParamsMismatchError(ValueError):
+class ParamsMismatchError(ValueError, errors.UserError):
   """Parameters that do not fit a model: some it would silently ignore, or
   some it needs are missing or shaped differently."""
 

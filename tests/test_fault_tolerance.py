@@ -209,7 +209,7 @@ def test_interrupted_runs_resume_bit_exact(reference, cache_dir, tmp_path):
 
 def _error_lines(out):
   return [line for line in out.splitlines()
-          if line.startswith(('E', 'FATAL'))]
+          if line.startswith(('E', 'FATAL', 'error: '))]
 
 
 def test_ctrl_c_with_data_workers_saves_and_resumes_bit_exact(
