@@ -31,6 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from experiments import sweep as sweep_lib
+from fcn_jax import cli
 
 SCORES = ('overall_acc', 'mean_acc', 'mean_iu', 'fwavacc', 'boundary_mean_iu')
 SCORE_TITLES = {'overall_acc': 'pixel acc.', 'mean_acc': 'mean acc.',
@@ -332,6 +333,9 @@ def write_report(sweep_dir: str, out_dir: str | None = None) -> dict[str, str]:
 
 
 def main(argv: Sequence[str]) -> int:
+  if any(a in ('-h', '--help', '--helpshort', '--helpfull') for a in argv[1:]):
+    print(__doc__)
+    return 0
   args = [a for a in argv[1:] if not a.startswith('--out=')]
   outs = [a.split('=', 1)[1] for a in argv[1:] if a.startswith('--out=')]
   if len(args) != 1:
@@ -346,4 +350,4 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main(sys.argv))
+  sys.exit(cli.catch_user_errors(main, user_errors=(OSError,))(sys.argv))

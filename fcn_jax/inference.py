@@ -15,7 +15,7 @@ one of a few bucket shapes (`bucket_size`), run, and the prediction is cropped
 back. Padding is done after mean subtraction with zeros, which is what the
 network's own conv1_1 padding feeds it; predictions are identical to the
 exact-size ones except where the receptive field reaches the extra padding
-(measured in tests/test_inference.py and README.md).
+(measured in tests/test_inference.py and docs/inference.md).
 
 Options: horizontal-flip and multi-scale test-time augmentation (averaged
 softmax probabilities), sliding-window inference for large images, and a
@@ -38,6 +38,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from PIL import Image
 
+from fcn_jax import errors
 from fcn_jax import input_pipeline
 from fcn_jax import models
 from fcn_jax import train
@@ -48,11 +49,11 @@ CHECKPOINTS = 'checkpoints'
 DEFAULT_TTA_SCALES = (0.75, 1.0, 1.25)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ValueError, errors.UserError):
   """A checkpoint is missing, unreadable or does not fit the model."""
 
 
-class ImageError(ValueError):
+class ImageError(ValueError, errors.UserError):
   """An input image cannot be read or is in an unusable format."""
 
 
