@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import warnings
 from typing import Any, Sequence
 
@@ -43,13 +42,15 @@ from absl import app
 from absl import flags
 
 from experiments import sweep as sweep_lib
+from fcn_jax import cli
+from fcn_jax import errors
 
 FLAGS = flags.FLAGS
 DEFAULT_RESAMPLES = 2000
 CONFIDENCE = 0.95
 
 
-class CompareError(ValueError):
+class CompareError(ValueError, errors.UserError):
   """A run that cannot be found or compared (one line, exit status 1)."""
 
 
@@ -362,18 +363,13 @@ def main(argv):
   if len(argv) != 3:
     raise app.UsageError('usage: python -m experiments.compare RUN_A RUN_B '
                          '[--checkpoint=best] [--resamples=2000] ...')
-  from fcn_jax import inference  # pylint: disable=g-import-not-at-top
   from fcn_jax import writers  # pylint: disable=g-import-not-at-top
   writers.quiet_library_logs()
-  try:
-    if FLAGS.resamples < 100:
-      raise CompareError(f'--resamples={FLAGS.resamples}: use at least 100 '
-                         'for a 95% interval.')
-    result = compare(argv[1], argv[2], FLAGS.checkpoint, FLAGS.split,
-                     FLAGS.resamples, FLAGS.max_images, FLAGS.seed)
-  except (CompareError, inference.CheckpointError, ValueError,
-          FileNotFoundError) as e:
-    sys.exit(f'Error: {e}')
+  if FLAGS.resamples < 100:
+    raise errors.FlagError(f'--resamples={FLAGS.resamples}: use at least 100 '
+                           'for a 95% interval.')
+  result = compare(argv[1], argv[2], FLAGS.checkpoint, FLAGS.split,
+                   FLAGS.resamples, FLAGS.max_images, FLAGS.seed)
   print(format_result(result))
   if FLAGS.out:
     with open(FLAGS.out + '.tmp', 'w') as f:
@@ -395,4 +391,5 @@ def _define_flags():
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  # ValueError: bad checkpoints and data files (CheckpointError, DataError).
+  cli.run(main, user_errors=(ValueError, FileNotFoundError))

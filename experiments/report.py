@@ -38,6 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from experiments import sweep as sweep_lib
+from fcn_jax import cli
 
 SCORES = ('overall_acc', 'mean_acc', 'mean_iu', 'fwavacc', 'boundary_mean_iu')
 SCORE_TITLES = {'overall_acc': 'pixel acc.', 'mean_acc': 'mean acc.',
@@ -394,6 +395,9 @@ def write_report(sweep_dir: str, out_dir: str | None = None,
 
 
 def main(argv: Sequence[str]) -> int:
+  if any(a in ('-h', '--help', '--helpshort', '--helpfull') for a in argv[1:]):
+    print(__doc__)
+    return 0
   options = {'--out': None, '--baseline': None}
   args = []
   for arg in argv[1:]:
@@ -418,4 +422,4 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main(sys.argv))
+  sys.exit(cli.catch_user_errors(main, user_errors=(OSError,))(sys.argv))

@@ -32,7 +32,6 @@ import hashlib
 import json
 import os
 import pickle
-import sys
 import zipfile
 from typing import Any, Mapping
 
@@ -647,7 +646,8 @@ def _training_step_dir(path: str) -> str | None:
       return None
     ckpt_dir = path
   workdir = os.path.dirname(os.path.abspath(ckpt_dir))
-  manager = checkpointing.create_manager(workdir)
+  # Read-only: a trainer may be writing a checkpoint in this workdir now.
+  manager = checkpointing.create_read_only_manager(workdir)
   step = manager.best_step()
   if step is None:
     step = manager.latest_step()
@@ -848,11 +848,8 @@ def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   del argv
   f = flags.FLAGS
-  try:
-    metadata = convert_file(f.input, f.output, f.format, f.variant,
-                            f.skip_checksum)
-  except (OSError, ValueError, pickle.UnpicklingError) as e:
-    sys.exit(f'Error: {e}')  # One line naming the file, no traceback.
+  metadata = convert_file(f.input, f.output, f.format, f.variant,
+                          f.skip_checksum)
   logging.info('Wrote %s: %s', os.path.abspath(f.output), json.dumps(metadata))
 
 
@@ -877,6 +874,7 @@ def _define_flags():
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from fcn_jax import cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main)
+  # The reader's errors name the file: one line, no traceback.
+  cli.run(main, user_errors=(OSError, ValueError, pickle.UnpicklingError))

@@ -39,6 +39,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from fcn_jax import calibration
+from fcn_jax import cli
 from fcn_jax import inference
 from fcn_jax import input_pipeline
 from fcn_jax import metrics as metrics_lib
@@ -221,12 +222,9 @@ def main(argv):
   writers.quiet_library_logs()
   overrides = config_flags.get_override_values(FLAGS['config'])
   overrides = _flatten(overrides)
-  try:
-    run(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, overrides,
-        FLAGS.max_images, FLAGS.output_dir, FLAGS.dtype, tta=FLAGS.tta,
-        window=FLAGS.window or None)
-  except (inference.CheckpointError, ValueError, FileNotFoundError) as e:
-    sys.exit(f'Error: {e}')
+  run(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, overrides,
+      FLAGS.max_images, FLAGS.output_dir, FLAGS.dtype, tta=FLAGS.tta,
+      window=FLAGS.window or None)
 
 
 def _flatten(values: dict, prefix: str = '') -> dict:
@@ -265,4 +263,4 @@ def _define_flags():
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main, user_errors=(ValueError, FileNotFoundError))

@@ -1,6 +1,6 @@
 """Surviving preemption and failures: signals, workdir lock, resume checks.
 
-What the training loop relies on (see README.md, "Fault tolerance"):
+What the training loop relies on (see docs/fault_tolerance.md):
 
 * `StopSignals` turns SIGTERM (preemption notice) and SIGINT (Ctrl-C) into a
   request the loop checks after every step; it then writes a checkpoint and
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -25,6 +26,8 @@ import threading
 
 import numpy as np
 from absl import logging
+
+from fcn_jax import errors
 
 # Keys that define what a checkpoint is: resuming with other values would load
 # parameters of another model, or train them on another problem.
@@ -35,15 +38,15 @@ FAULT_EVENTS = ('sigkill_after_step', 'sigkill_in_save', 'sigterm_after_step',
                 'sigint_after_step', 'ctrl_c_after_step', 'nan_batch')
 
 
-class ConfigError(ValueError):
+class ConfigError(ValueError, errors.UserError):
   """A bad flag or config value, or a config that contradicts the workdir's."""
 
 
-class WorkdirLockedError(RuntimeError):
+class WorkdirLockedError(RuntimeError, errors.UserError):
   """Another trainer holds the workdir."""
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(FloatingPointError, errors.UserError):
   """A non-finite loss or gradient; the last good checkpoint is kept."""
 
 
@@ -186,8 +189,9 @@ class TestFaults:
   FAULT_EVENTS, e.g. 'sigkill_in_save@3,nan_batch@5':
     sigkill_after_step / sigterm_after_step / sigint_after_step: the process
       sends itself that signal right after training step STEP;
-    ctrl_c_after_step: SIGINT to the whole process group, data worker
-      processes included, as Ctrl-C in a terminal does;
+    ctrl_c_after_step: SIGINT to this process and its child processes (the
+      data workers), as Ctrl-C in a terminal does, and to nothing else (not
+      the rest of the process group, e.g. the test runner);
     sigkill_in_save: kill -9 right after the (asynchronous) checkpoint save of
       step STEP has started, while Orbax is still writing it;
     nan_batch: the images of the batch of step STEP become NaN.
@@ -224,12 +228,29 @@ class TestFaults:
         logging.warning('%s: %s after step %d.', FAULTS_ENV, event, step)
         os.kill(os.getpid(), signum)
     if self._due('ctrl_c_after_step', step):
-      logging.warning('%s: SIGINT to the process group after step %d.',
-                      FAULTS_ENV, step)
-      os.killpg(os.getpgid(0), signal.SIGINT)
+      children = _child_pids()
+      logging.warning('%s: SIGINT to this process and its %d child processes '
+                      'after step %d.', FAULTS_ENV, len(children), step)
+      for pid in children:
+        os.kill(pid, signal.SIGINT)
+      os.kill(os.getpid(), signal.SIGINT)
 
   def after_save_started(self, step: int, saving: bool) -> None:
     if self._due('sigkill_in_save', step):
       logging.warning('%s: kill -9 during the save of step %d (save still in '
                       'progress: %s).', FAULTS_ENV, step, saving)
       os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _child_pids() -> list[int]:
+  """Pids of this process's children (Linux /proc, else multiprocessing's)."""
+  pids = {p.pid for p in multiprocessing.active_children()}
+  task_dir = f'/proc/{os.getpid()}/task'
+  try:
+    for task in os.listdir(task_dir):
+      with open(os.path.join(task_dir, task, 'children')) as f:
+        pids.update(int(pid) for pid in f.read().split())
+  except OSError:
+    pass
+  pids.discard(os.getpid())
+  return sorted(pids)

@@ -66,8 +66,8 @@ def validate_config(config: ml_collections.ConfigDict,
   def check(ok, key, message):
     if not ok:
       raise ConfigError(f'config.{key}={config[key]!r}: {message}')
-  check(config.model in models.VARIANTS, 'model',
-        f'expected one of {models.VARIANTS}')
+  check(config.model in models.MODELS, 'model',
+        f'expected one of {models.MODELS}')
   check(input_pipeline.is_known_dataset(config.dataset), 'dataset',
         f'expected one of {input_pipeline.DATASETS}')
   check(config.optimizer in OPTIMIZERS, 'optimizer',
@@ -533,7 +533,7 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
   if scores is None:  # Resumed a finished run: evaluate what we have.
     scores = run_eval(int(state.step))
     checkpointing.save(manager, int(state.step), state, scores)
-  manager.wait_until_finished()
+  checkpointing.wait_until_saved(manager)
   writer.close()
 
   best_step = manager.best_step()
@@ -581,7 +581,7 @@ def _format_ids(batch_ids) -> str:
 def _stop_on_signal(signum, manager, workdir, step, state, train_iter) -> None:
   """Checkpoints `state` (unless step is saved already) and raises Interrupted."""
   checkpointing.save(manager, step, state, data_iterator=train_iter)
-  manager.wait_until_finished()
+  checkpointing.wait_until_saved(manager)
   name = signal.Signals(signum).name
   raise fault_tolerance.Interrupted(
       f'Stopped by {name} after step {step}; checkpoint saved in '

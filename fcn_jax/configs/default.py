@@ -42,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Dataset: 'synthetic' (built in, no download); 'voc' (VOCdevkit under
   # data_dir), 'sbd' (SBD train + VOC2011 seg11valid under data_dir), 'voc_dir'
   # (any VOC-layout folder = data_dir) or 'tfds:<name>' (a TFDS dataset
-  # prepared as array_record in data_dir). See README.md, "Datasets".
+  # prepared as array_record in data_dir). See docs/datasets.md.
   config.dataset = 'synthetic'
   # Root folder of on-disk datasets ('' for tfds = TFDS's default folder).
   config.data_dir = ''

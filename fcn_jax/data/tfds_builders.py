@@ -1,7 +1,7 @@
 """TFDS builders for PASCAL VOC segmentation and SBD, from manual downloads.
 
 TFDS's own `voc` is detection only. These builders read the archives the user
-downloaded (see README.md, "Datasets") from the manual_dir, either unpacked
+downloaded (see docs/datasets.md) from the manual_dir, either unpacked
 or as the original .tar/.tgz, and write array_record data that
 `tfds:voc_segmentation/2012`, `tfds:voc_segmentation/2011` and
 `tfds:sbd_segmentation` read like any TFDS dataset. Images are stored as the
