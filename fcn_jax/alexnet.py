@@ -110,14 +110,15 @@ def max_pool_ceil(x: jax.Array, size: int = POOL_SIZE,
   return nn.max_pool(x, (size, size), strides=(stride, stride), padding=pads)
 
 
-class FCNAlexNet(nn.Module):
+class FCNAlexNet(models.StrictParams, nn.Module):
   """FCN-AlexNet (single stream, stride 32), the reference voc-fcn-alexnet.
 
   Attributes mirror `models.FCN` so configs, training and inference treat
   both alike: variant ('fcn-alexnet'), num_classes, width, learn_upsampling,
   dropout_rate, input_padding (100 in the reference), dtype, conv_init,
   upsampling_init, fc6_padding (0 in the reference). fast_ops is accepted
-  and unused (the VGG custom-gradient ops do not apply here).
+  and unused (the VGG custom-gradient ops do not apply here). Like `FCN`,
+  `apply` refuses params the model would ignore (models.StrictParams).
   """
   variant: str = 'fcn-alexnet'
   num_classes: int = 21

@@ -29,6 +29,8 @@ from typing import Iterator
 
 import numpy as np
 
+from fcn_jax import errors
+
 # Wire types of the protobuf encoding.
 VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
 
@@ -49,7 +51,7 @@ V0_LAYER_TYPES = {'conv': 'Convolution', 'innerproduct': 'InnerProduct',
                   'deconv': 'Deconvolution'}
 
 
-class CaffeModelError(ValueError):
+class CaffeModelError(ValueError, errors.UserError):
   """A file that is not a readable .caffemodel (one line, names the file)."""
 
 

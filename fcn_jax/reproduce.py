@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import time
 from typing import Any, Callable
 
@@ -37,14 +36,15 @@ from absl import flags
 from absl import logging
 
 from fcn_jax import caffe_models
+from fcn_jax import cli
 from fcn_jax import convert
+from fcn_jax import errors
 from fcn_jax import evaluate
 from fcn_jax import inference
 from fcn_jax import input_pipeline
 from fcn_jax import models
 from fcn_jax import writers
 from fcn_jax.configs import default as default_config
-from fcn_jax.data import decode
 from fcn_jax.data import sbd
 from fcn_jax.data import voc
 
@@ -66,6 +66,10 @@ PTH_FILES = {
 SPLITS = {'voc': 'seg11valid', 'nyud': 'test', 'siftflow': 'test',
           'pascal_context': 'val'}
 SCORE_KEYS = ('overall_acc', 'mean_acc', 'mean_iu', 'fwavacc')
+
+
+class ReproduceError(ValueError, errors.UserError):
+  """Bad flags, or a weight file that could not be evaluated."""
 
 
 @dataclasses.dataclass
@@ -162,12 +166,12 @@ def run(weights_dir: str, data_dir: str, output_dir: str,
         model_names: list[str] | None = None, split: str = '',
         max_images: int = 0, progress: bool = True) -> list[Row]:
   """Evaluates every model found; writes and prints the table; returns rows."""
-  if not os.path.isdir(weights_dir):
-    raise FileNotFoundError(f'--weights_dir={weights_dir}: no such folder.')
+  if not weights_dir or not os.path.isdir(weights_dir):
+    raise ReproduceError(f'--weights_dir={weights_dir}: no such folder.')
   names = model_names or reproducible_models()
   unknown = [n for n in names if n not in reproducible_models()]
   if unknown:
-    raise ValueError(f'--models: unknown {unknown}; expected some of '
+    raise ReproduceError(f'--models: unknown {unknown}; expected some of '
                      f'{reproducible_models()}.')
   sources, rows = {}, []
   for name in names:
@@ -255,14 +259,12 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   writers.quiet_library_logs()
   names = [n.strip() for n in FLAGS.models.split(',') if n.strip()]
-  try:
-    rows = run(FLAGS.weights_dir, FLAGS.data_dir, FLAGS.output_dir, names,
-               FLAGS.split, FLAGS.max_images)
-  except (decode.DataError, ValueError, OSError) as e:
-    sys.exit(f'Error: {str(e).splitlines()[0]}')
-  if any(r.status.startswith('error') for r in rows):
-    sys.exit('Error: some files could not be evaluated (see the status '
-             'column).')
+  rows = run(FLAGS.weights_dir, FLAGS.data_dir, FLAGS.output_dir, names,
+             FLAGS.split, FLAGS.max_images)
+  failed = [r.file for r in rows if r.status.startswith('error')]
+  if failed:
+    raise ReproduceError(f'{", ".join(failed)}: could not be evaluated (see '
+                         'the status column).')
 
 
 def _define_flags():
@@ -284,4 +286,5 @@ def _define_flags():
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  # Data errors (DataError) are UserErrors; OSError: unreadable folders.
+  cli.run(main, user_errors=(OSError,))

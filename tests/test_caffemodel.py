@@ -179,7 +179,7 @@ def test_convert_cli_reports_a_bad_file_in_one_line(tmp_path):
   result = run_module('fcn_jax.convert', f'--input={path}', f'--output={out}')
   assert result.returncode == 1
   lines = [l for l in result.stderr.splitlines() if l.strip()]
-  assert lines[-1].startswith('Error: ') and str(path) in lines[-1]
+  assert lines[-1].startswith('error: ') and str(path) in lines[-1]
   assert 'Traceback' not in result.stderr and not out.exists()
 
 

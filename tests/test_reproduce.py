@@ -86,7 +86,9 @@ def test_reproduce_cli_table(tmp_path):
                       f'--output_dir={out}')
   # The broken file is an error row, so the command fails, after the table.
   assert result.returncode == 1, result.stderr[-2000:]
-  assert result.stderr.strip().splitlines()[-1].startswith('Error: some files')
+  last = result.stderr.strip().splitlines()[-1]
+  assert last == ('error: fcn8s-heavy-pascal.caffemodel: could not be '
+                  'evaluated (see the status column).')
   rows = {r['model']: r for r in json.loads(
       (out / 'reproduce.json').read_text())['rows']}
   assert list(rows) == reproduce.reproducible_models()
