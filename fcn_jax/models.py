@@ -37,6 +37,8 @@ from fcn_jax import fast_ops as fast_ops_lib
 MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
 
 VARIANTS = ('fcn32s', 'fcn16s', 'fcn8s', 'fcn8s-atonce')
+# Every model get_model builds: the VGG16 FCNs and FCN-AlexNet (alexnet.py).
+MODELS = VARIANTS + ('fcn-alexnet',)
 
 # VGG16's five convolution blocks: (number of 3x3 convs, output channels).
 VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
@@ -261,10 +263,12 @@ class Upsample(nn.Module):
   dtype: Any = jnp.float32
   # Not named `init`: that would shadow Module.init.
   kernel_init: str = 'bilinear'
+  # Taps of the kernel; 0 = 2 * factor (the VGG FCNs; FCN-AlexNet uses 63).
+  kernel_size: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    size = 2 * self.factor
+    size = self.kernel_size or 2 * self.factor
     if self.learnable:
       if self.kernel_init == 'random':
         kernel = self.param('kernel', random_upsampling_init,
@@ -532,19 +536,24 @@ class FCN(StrictParams, nn.Module):
 
 
 def get_model(variant: str, num_classes: int = 21, **kwargs) -> FCN:
-  """Returns the FCN `variant` ('fcn32s', 'fcn16s', 'fcn8s', 'fcn8s-atonce').
+  """Returns the FCN `variant` ('fcn32s', 'fcn16s', 'fcn8s', 'fcn8s-atonce',
+  or 'fcn-alexnet', see `MODELS`).
 
   Keyword arguments go to `FCN` (width, learn_upsampling, dtype, fast_ops,
-  ...). With the defaults the CPU gets the fast custom-gradient ops.
-  Call as ``model.apply({'params': params}, images, train=False)``.
+  ...) or `alexnet.FCNAlexNet` (the same attributes). With the defaults the
+  CPU gets the fast custom-gradient ops. Call as
+  ``model.apply({'params': params}, images, train=False)``.
   """
-  if variant not in VARIANTS:
-    raise ValueError(f'Unknown model {variant!r}; expected one of {VARIANTS}.')
+  if variant not in MODELS:
+    raise ValueError(f'Unknown model {variant!r}; expected one of {MODELS}.')
   if num_classes < 1:
     raise ValueError(f'num_classes must be positive, got {num_classes}.')
   use_fast_ops(kwargs.get('fast_ops', 'auto'))  # Validates the mode.
   if isinstance(kwargs.get('dtype'), str):
     kwargs['dtype'] = jnp.dtype(kwargs['dtype'])
+  if variant == 'fcn-alexnet':
+    from fcn_jax import alexnet  # pylint: disable=g-import-not-at-top
+    return alexnet.FCNAlexNet(num_classes=num_classes, **kwargs)
   return FCN(variant=variant, num_classes=num_classes, **kwargs)
 
 

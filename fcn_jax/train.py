@@ -66,8 +66,8 @@ def validate_config(config: ml_collections.ConfigDict,
   def check(ok, key, message):
     if not ok:
       raise ConfigError(f'config.{key}={config[key]!r}: {message}')
-  check(config.model in models.VARIANTS, 'model',
-        f'expected one of {models.VARIANTS}')
+  check(config.model in models.MODELS, 'model',
+        f'expected one of {models.MODELS}')
   check(input_pipeline.is_known_dataset(config.dataset), 'dataset',
         f'expected one of {input_pipeline.DATASETS}')
   check(config.optimizer in OPTIMIZERS, 'optimizer',
