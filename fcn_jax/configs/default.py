@@ -122,6 +122,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 400
   # Checkpoints kept: the last `keep_checkpoints` plus the best by val mean IU.
   config.keep_checkpoints = 2
+  # Multi-process runs: every this many steps the processes agree whether a
+  # SIGTERM/SIGINT reached any of them, and then all save and stop at that
+  # step (a host-only exchange, no device sync). One process checks every step.
+  config.preemption_check_every_steps = 10
   # Non-finite loss or gradient: False = stop with an error (the last good
   # checkpoint stays); True = skip that update and count it (skipped_updates).
   config.skip_nonfinite = False
