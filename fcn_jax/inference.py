@@ -452,13 +452,13 @@ def _item_dirs(path: str) -> list[str]:
 
 def _params_subtree(tree: Any) -> tuple[Any, str | None]:
   """The parameters in a saved tree: TrainState-like {'params': ...} or the
-  parameter dict itself (keys conv1_1, ...)."""
+  parameter dict itself (keys conv1_1, ..., or conv1, ... for FCN-AlexNet)."""
   if isinstance(tree, dict):
     if 'params' in tree and isinstance(tree['params'], dict):
       inner, _ = _params_subtree(tree['params'])
       if inner is not None:
         return tree['params'], 'params'
-    if 'conv1_1' in tree:
+    if 'conv1_1' in tree or 'conv1' in tree:
       return tree, None
   return None, None
 
@@ -527,6 +527,12 @@ def infer_architecture(params: dict) -> dict[str, Any]:
   FCN-8s and FCN-8s at-once have the same parameters (at-once only scales
   the skip inputs), so the variant 'fcn8s' is assumed for both.
   """
+  if 'conv1' in params and 'score_fr' in params:  # FCN-AlexNet
+    from fcn_jax import alexnet  # pylint: disable=g-import-not-at-top
+    return dict(model='fcn-alexnet',
+                num_classes=int(np.shape(params['score_fr']['kernel'])[-1]),
+                width=np.shape(params['conv1']['kernel'])[-1] / alexnet.CONVS[0][1],
+                learn_upsampling='upscore' in params)
   try:
     conv1 = np.shape(params['conv1_1']['kernel'])[-1]
     num_classes = np.shape(params['score_fr']['kernel'])[-1]
@@ -665,9 +671,9 @@ def load(path: str, checkpoint: str | int = 'best', *,
   config = apply_overrides(config, config_overrides or {})
   if dtype:
     config.dtype = dtype
-  if config.model not in models.VARIANTS:
+  if config.model not in models.MODELS:
     raise CheckpointError(f'config.model={config.model!r}: expected one of '
-                          f'{models.VARIANTS}.')
+                          f'{models.MODELS}.')
   try:
     model = train.create_model(config, config.num_classes)
   except ValueError as e:

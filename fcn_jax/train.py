@@ -67,8 +67,8 @@ def validate_config(config: ml_collections.ConfigDict,
   def check(ok, key, message):
     if not ok:
       raise ConfigError(f'config.{key}={config[key]!r}: {message}')
-  check(config.model in models.VARIANTS, 'model',
-        f'expected one of {models.VARIANTS}')
+  check(config.model in models.MODELS, 'model',
+        f'expected one of {models.MODELS}')
   check(input_pipeline.is_known_dataset(config.dataset), 'dataset',
         f'expected one of {input_pipeline.DATASETS}')
   check(config.optimizer in OPTIMIZERS, 'optimizer',
@@ -93,7 +93,7 @@ def validate_config(config: ml_collections.ConfigDict,
   check(config.get('device_prefetch', 2) > 0, 'device_prefetch',
         'must be positive')
   for key in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
-              'keep_checkpoints'):
+              'keep_checkpoints', 'preemption_check_every_steps'):
     check(config[key] > 0, key, 'must be positive')
   num_devices = jax.device_count() if num_devices is None else num_devices
   check(config.batch_size % num_devices == 0, 'batch_size',
@@ -525,8 +525,11 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
     log_now = step % config.log_every_steps == 0 or is_last
     eval_now = step % config.eval_every_steps == 0 or is_last
     save_now = step % config.checkpoint_every_steps == 0 or is_last
-    stopping = stop.requested  # Read once: a signal may arrive meanwhile.
-    if log_now or eval_now or save_now or stopping:
+    # Read once: a signal may arrive meanwhile. (Several processes agree on
+    # it at the same steps, host to host.)
+    signum = stop.agreed_signum(
+        step, config.get('preemption_check_every_steps', 10))
+    if log_now or eval_now or save_now or signum:
       # Before anything is saved: a non-finite step stops (or is skipped)
       # here, so no checkpoint ever holds a non-finite state.
       finite, last_metrics = _check_window(config, workdir, manager, state,
@@ -561,8 +564,8 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
                          scores if evaluated_now else None, batches.position())
       faults.after_save_started(step, saving=not os.path.isdir(
           os.path.join(checkpointing.checkpoint_dir(workdir), str(step))))
-    if stopping:
-      _stop_on_signal(stop.signum, manager, workdir, step, state,
+    if signum:
+      _stop_on_signal(signum, manager, workdir, step, state,
                       batches.position())
 
   batches.close()
@@ -570,7 +573,7 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
   if scores is None:  # Resumed a finished run: evaluate what we have.
     scores = run_eval(int(state.step))
     checkpointing.save(manager, int(state.step), state, scores)
-  manager.wait_until_finished()
+  checkpointing.wait_until_saved(manager)
   writer.close()
 
   best_step = manager.best_step()
@@ -640,7 +643,7 @@ def _format_ids(batch_ids) -> str:
 def _stop_on_signal(signum, manager, workdir, step, state, train_iter) -> None:
   """Checkpoints `state` (unless step is saved already) and raises Interrupted."""
   checkpointing.save(manager, step, state, data_iterator=train_iter)
-  manager.wait_until_finished()
+  checkpointing.wait_until_saved(manager)
   name = signal.Signals(signum).name
   raise fault_tolerance.Interrupted(
       f'Stopped by {name} after step {step}; checkpoint saved in '

@@ -144,6 +144,11 @@ def test_malformed_fields_are_one_clear_error(tmp_path):
   blob = b'\x3a\x02\x08\x03' + b'\x2a\x08' + b'\x00' * 8  # shape (3,), 2 floats
   _expect_error(tmp_path, name + layer(b'\x0a\x01c' + b'\x3a' + _varint(
       len(blob)) + blob), r'shape \(3,\) needs 3 values, the blob holds 2')
+  # More axes than Caffe allows (32), as one packed list.
+  shape = b'\x0a\x28' + b'\x01' * 40
+  blob = b'\x3a' + _varint(len(shape)) + shape
+  _expect_error(tmp_path, name + layer(b'\x3a' + _varint(len(blob)) + blob),
+                'more than 32 values')
   # Packed floats whose byte count is not a multiple of 4.
   blob = b'\x2a\x03abc'
   _expect_error(tmp_path, name + layer(b'\x3a' + _varint(len(blob)) + blob),
@@ -174,7 +179,7 @@ def test_convert_cli_reports_a_bad_file_in_one_line(tmp_path):
   result = run_module('fcn_jax.convert', f'--input={path}', f'--output={out}')
   assert result.returncode == 1
   lines = [l for l in result.stderr.splitlines() if l.strip()]
-  assert lines[-1].startswith('Error: ') and str(path) in lines[-1]
+  assert lines[-1].startswith('error: ') and str(path) in lines[-1]
   assert 'Traceback' not in result.stderr and not out.exists()
 
 
