@@ -122,6 +122,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 400
   # Checkpoints kept: the last `keep_checkpoints` plus the best by val mean IU.
   config.keep_checkpoints = 2
+  # Largest image decoded (width x height); larger files are refused as
+  # decompression bombs. Raise it for real gigapixel images.
+  config.max_image_pixels = 89_478_485
   # Multi-process runs: every this many steps the processes agree whether a
   # SIGTERM/SIGINT reached any of them, and then all save and stop at that
   # step (a host-only exchange, no device sync). One process checks every step.
