@@ -38,6 +38,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from PIL import Image
 
+from fcn_jax import checkpointing
 from fcn_jax import errors
 from fcn_jax import input_pipeline
 from fcn_jax import models
@@ -412,8 +413,14 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
       saved = json.load(f)
   except (OSError, ValueError) as e:
     raise CheckpointError(f'{path}: cannot read the run config ({e}).') from e
+  if not isinstance(saved, dict):
+    raise CheckpointError(f'{path}: the run config is a '
+                          f'{type(saved).__name__}, not an object.')
   config = default_config.get_config()
-  _merge(config, saved)
+  try:
+    _merge(config, saved)
+  except (TypeError, ValueError, KeyError, AttributeError) as e:
+    raise CheckpointError(f'{path}: cannot use the run config ({e}).') from e
   return config
 
 
@@ -550,6 +557,10 @@ def restore_params(path: str) -> dict:
     params_meta, key = _params_subtree(tree)
     if params_meta is None:
       continue
+    try:
+      checkpointing.check_declared_sizes(item, params_meta)
+    except checkpointing.DeclaredSizeError as e:
+      raise CheckpointError(str(e)) from None
     target = jax.tree.map(lambda m: np.zeros((), m.dtype), params_meta)
     restore_args = jax.tree.map(
         lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)

@@ -271,3 +271,26 @@ def test_huge_image_is_segmented_in_bands_with_bounded_memory():
   np.testing.assert_array_equal(labels, full)
   whole_image_probabilities = 480 * 40 * 4 * 4
   assert peak < whole_image_probabilities / 2, peak
+
+
+def test_orbax_checkpoint_declaring_absurd_sizes_is_refused(tmp_path):
+  import tensorstore as ts  # pylint: disable=g-import-not-at-top
+  from fcn_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from fcn_jax import inference  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / 'converted')
+  convert.save_params(path, {'conv1_1': {
+      'kernel': np.ones((3, 3, 3, 4), np.float32),
+      'bias': np.zeros(4, np.float32)}}, {'format': 'test'})
+  # Rewrite one array's zarr metadata to declare 48 TiB (no data written).
+  ts.open({'driver': 'zarr', 'path': 'conv1_1.kernel',
+           'kvstore': {'driver': 'ocdbt', 'base': f'file://{path}/params/'},
+           'metadata': {'shape': [1 << 20, 1 << 20, 3, 4],
+                        'chunks': [1, 1, 3, 4], 'dtype': '<f4'}},
+          create=True, delete_existing=True).result()
+  before = _max_rss_mb()
+  with pytest.raises(checkpointing.DeclaredSizeError,
+                     match='declares 52,776,558,133,264 bytes of arrays'):
+    convert.load_params(path)
+  with pytest.raises(inference.CheckpointError, match='refusing to allocate'):
+    inference.restore_params(path)
+  assert _max_rss_mb() - before < 100

@@ -150,8 +150,11 @@ def read_split(path: str) -> list[str]:
   """Reads a split list: one image id per line (first column), no blanks."""
   if not os.path.isfile(path):
     raise DataError(f'{path}: split list not found.')
-  with open(path) as f:
-    ids = [line.split()[0] for line in f if line.strip()]
+  try:
+    with open(path, encoding='utf-8') as f:
+      ids = [line.split()[0] for line in f if line.strip()]
+  except UnicodeDecodeError as e:
+    raise DataError(f'{path}: split list is not UTF-8 text ({e}).') from None
   if not ids:
     raise DataError(f'{path}: split list is empty.')
   return ids
