@@ -196,7 +196,7 @@ def test_logits_match_pytorch(converted, bilinear, size):
                            learn_upsampling=not bilinear)
   x = np.random.default_rng(7).normal(0, 60, (1,) + size + (3,)).astype(
       np.float32)
-  ours = np.asarray(model.apply({'params': params}, jnp.asarray(x)))
+  ours = np.asarray(jax.jit(model.apply)({'params': params}, jnp.asarray(x)))
   with torch.no_grad():
     ref = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
   ref = ref.transpose(0, 2, 3, 1)

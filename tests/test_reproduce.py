@@ -9,6 +9,7 @@ score.py formulas), reading the images and labels with PIL.
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
@@ -50,6 +51,7 @@ def _alexnet_layers(rng):
 
 def _scores_by_hand(params):
   model = models.get_model('fcn-alexnet', 21, width=WIDTH)
+  apply = jax.jit(model.apply)
   hist = np.zeros((21, 21), np.int64)
   for image_id in IDS:
     rgb = np.asarray(Image.open(os.path.join(VOC_MINI, 'JPEGImages',
@@ -57,7 +59,7 @@ def _scores_by_hand(params):
     label = np.asarray(Image.open(os.path.join(VOC_MINI, 'SegmentationClass',
                                                image_id + '.png')))
     x = rgb[..., ::-1].astype(np.float32) - np.float32(models.MEAN_BGR)
-    logits = model.apply({'params': params}, jnp.asarray(x[None]))
+    logits = apply({'params': params}, jnp.asarray(x[None]))
     pred = np.asarray(logits)[0].argmax(-1)
     keep = label != 255
     hist += np.bincount(21 * label[keep].astype(int) + pred[keep],
