@@ -953,8 +953,8 @@ def _define_flags():
   flags.DEFINE_enum('format', 'auto', ('auto',) + FORMATS,
                     'Source: auto = .caffemodel by its content, else known '
                     'file name, else pytorch-fcn names.')
-  flags.DEFINE_enum('variant', '', ('',) + models.VARIANTS + tuple(sorted(
-      set(caffe_models.REFERENCE_MODELS) - set(models.VARIANTS))),
+  flags.DEFINE_enum('variant', '', ('',) + models.MODELS + tuple(sorted(
+      set(caffe_models.REFERENCE_MODELS) - set(models.MODELS))),
                     'FCN variant of a pytorch-fcn file (default: from names; '
                     'fcn8s-atonce must be given unless the file is known), or '
                     'reference model of a .caffemodel (default: from its file '

@@ -14,7 +14,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
-  # Model: 'fcn32s', 'fcn16s', 'fcn8s' or 'fcn8s-atonce'.
+  # Model: 'fcn32s', 'fcn16s', 'fcn8s', 'fcn8s-atonce' (VGG16) or 'fcn-alexnet'.
   config.model = 'fcn8s'
   # Number of classes; -1 = take it from the dataset's meta data.
   config.num_classes = -1
