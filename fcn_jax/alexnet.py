@@ -90,9 +90,10 @@ def local_response_norm(x: jax.Array, size: int = LRN_SIZE,
   at the ends (Caffe's LRNLayer, ACROSS_CHANNELS).
   """
   half = (size - 1) // 2
-  squares = jax.lax.reduce_window(
-      x * x, jnp.array(0, x.dtype), jax.lax.add, (1, 1, 1, size),
-      (1, 1, 1, 1), ((0, 0), (0, 0), (0, 0), (half, size - 1 - half)))
+  padded = jnp.pad(x * x, ((0, 0), (0, 0), (0, 0), (half, size - 1 - half)))
+  channels = x.shape[-1]
+  # A sum of `size` shifted slices: plain, differentiable ops.
+  squares = sum(padded[..., i:i + channels] for i in range(size))
   return x / (k + (alpha / size) * squares) ** beta
 
 

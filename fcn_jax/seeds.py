@@ -262,13 +262,15 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
     if step % config.checkpoint_every_steps == 0 or is_last:
       checkpointing.save(manager, step, state,
                          _ranking(seed_scores) if evaluated else None)
-    if stop.requested:
+    signum = stop.agreed_signum(
+        step, config.get('preemption_check_every_steps', 10))
+    if signum:
       checkpointing.save(manager, step, state)
       checkpointing.wait_until_saved(manager)
       raise fault_tolerance.Interrupted(
-          f'Stopped by {signal.Signals(stop.signum).name} after step {step}; '
+          f'Stopped by {signal.Signals(signum).name} after step {step}; '
           f'checkpoint saved in {checkpointing.checkpoint_dir(workdir)}. Run '
-          'the same command again to resume', stop.signum, step)
+          'the same command again to resume', signum, step)
 
   if seed_scores is None:  # Resumed a finished run.
     seed_scores = run_eval(int(jax.device_get(state.step)[0]))

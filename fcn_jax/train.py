@@ -90,7 +90,7 @@ def validate_config(config: ml_collections.ConfigDict,
         'must be >= 0, or -1 for auto')
   check(config.get('data_prefetch', 2) > 0, 'data_prefetch', 'must be positive')
   for key in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
-              'keep_checkpoints'):
+              'keep_checkpoints', 'preemption_check_every_steps'):
     check(config[key] > 0, key, 'must be positive')
   num_devices = jax.device_count() if num_devices is None else num_devices
   check(config.batch_size % num_devices == 0, 'batch_size',
@@ -529,8 +529,10 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
                          scores if evaluated_now else None, train_iter)
       faults.after_save_started(step, saving=not os.path.isdir(
           os.path.join(checkpointing.checkpoint_dir(workdir), str(step))))
-    if stop.requested:
-      _stop_on_signal(stop.signum, manager, workdir, step, state, train_iter)
+    signum = stop.agreed_signum(
+        step, config.get('preemption_check_every_steps', 10))
+    if signum:
+      _stop_on_signal(signum, manager, workdir, step, state, train_iter)
 
   train_iter.close()
   if scores is None:  # Resumed a finished run: evaluate what we have.

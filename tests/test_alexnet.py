@@ -79,6 +79,22 @@ def test_lrn_is_caffes_across_channel_formula():
   np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+@needs_torch
+def test_lrn_and_pool_gradients_match_torch():
+  """Training needs the backward pass: LRN + ceil pooling vs torch autograd."""
+  x = np.random.default_rng(1).normal(0, 80, (1, 7, 8, 6)).astype(np.float32)
+  w = np.random.default_rng(2).normal(size=(1, 3, 4, 6)).astype(np.float32)
+  f = lambda v: jnp.sum(alexnet.max_pool_ceil(  # pylint: disable=unnecessary-lambda-assignment
+      alexnet.local_response_norm(v)) * w)
+  ours = np.asarray(jax.grad(f)(jnp.asarray(x)))
+  xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_()
+  y = F.max_pool2d(tnn.LocalResponseNorm(5, 1e-4, 0.75, 1.0)(xt), 3, 2,
+                   ceil_mode=True)
+  (y * torch.from_numpy(w.transpose(0, 3, 1, 2).copy())).sum().backward()
+  np.testing.assert_allclose(ours, xt.grad.numpy().transpose(0, 2, 3, 1),
+                             rtol=1e-4, atol=1e-6)
+
+
 def test_logits_have_the_input_size_for_many_sizes():
   model = models.get_model('fcn-alexnet', 3, width=1 / 16)
   sizes = [(1, 1), (1, 2), (2, 1)] + [(h, w) for h in (3, 31, 32, 33, 64, 97)
@@ -89,6 +105,17 @@ def test_logits_have_the_input_size_for_many_sizes():
     out = jax.eval_shape(lambda p, x: model.apply({'params': p}, x), params,
                          jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32))
     assert out.shape == (1, h, w, 3), (h, w)
+
+
+def test_full_width_parameter_count_matches_the_reference_net():
+  # net.py at full width: (out, in / group, k, k) weights plus biases.
+  convs = [(96, 3, 11), (256, 48, 5), (384, 256, 3), (384, 192, 3),
+           (256, 192, 3), (4096, 256, 6), (4096, 4096, 1), (21, 4096, 1)]
+  want = sum(o * i * k * k + o for o, i, k in convs)
+  model = models.get_model('fcn-alexnet', 21)
+  shapes = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0)))
+  assert sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)) == want
+  assert shapes['conv2']['kernel'].shape == (5, 5, 48, 256)  # group 2
 
 
 class TorchFCNAlexNet(tnn.Module if torch is not None else object):
@@ -169,7 +196,7 @@ def test_logits_match_pytorch(converted, bilinear, size):
                            learn_upsampling=not bilinear)
   x = np.random.default_rng(7).normal(0, 60, (1,) + size + (3,)).astype(
       np.float32)
-  ours = np.asarray(model.apply({'params': params}, jnp.asarray(x)))
+  ours = np.asarray(jax.jit(model.apply)({'params': params}, jnp.asarray(x)))
   with torch.no_grad():
     ref = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
   ref = ref.transpose(0, 2, 3, 1)

@@ -163,7 +163,7 @@ def test_interrupted_runs_resume_bit_exact(reference, cache_dir, tmp_path):
   train_source, _, info = input_pipeline.create_datasets(config)
   ids = input_pipeline.train_dataset_from_config(train_source, config,
                                                  info)[4]['id']
-  message = [line for line in out.splitlines() if line.startswith('E')]
+  message = _error_lines(out)
   assert len(message) == 1, out[-3000:]
   assert ('Non-finite loss nan, gradient norm nan at step 5 (batch of image '
           f'ids [{", ".join(str(i) for i in ids)}])') in message[0]
