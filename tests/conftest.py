@@ -1,9 +1,6 @@
-"""Shared test setup: run from the repository root, on the CPU."""
+"""Shared test setup: on the CPU (the repository root is on the path through
+pyproject.toml's `pythonpath`)."""
 
 import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
