@@ -384,4 +384,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  cli.run(main)
+  cli.run(main, path_flags=('sweep', 'workdir', 'config'))

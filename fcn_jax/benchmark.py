@@ -696,4 +696,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, path_flags=('mixed_dir', 'json'))

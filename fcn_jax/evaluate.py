@@ -181,7 +181,7 @@ def run(workdir: str, checkpoint: str = 'best', split: str = 'val',
         f'{segmenter.checkpoint}: the model has {segmenter.num_classes} '
         f'classes but dataset {info.name!r} has {info.num_classes}.')
   source = val_source if split == 'val' else train_source
-  class_names = tuple(info.class_names)
+  class_names = tuple(segmenter.class_names)  # From dataset_info.json.
   step = inference.checkpoint_step(segmenter.checkpoint)
   logging.info('Evaluating %s (step %s) on %s/%s: %d images.',
                segmenter.checkpoint, step, info.name, split, len(source))
@@ -212,7 +212,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   writers.quiet_library_logs()
   overrides = config_flags.get_override_values(FLAGS['config'])
-  overrides = _flatten(overrides)
+  overrides = cli.expand_config_paths(_flatten(overrides))
   run(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, overrides,
       FLAGS.max_images, FLAGS.output_dir, FLAGS.dtype, tta=FLAGS.tta,
       window=FLAGS.window or None)
@@ -254,4 +254,5 @@ def _define_flags():
 
 if __name__ == '__main__':
   _define_flags()
-  cli.run(main, user_errors=(ValueError, FileNotFoundError))
+  cli.run(main, user_errors=(ValueError, FileNotFoundError),
+          path_flags=('workdir', 'checkpoint', 'output_dir'))

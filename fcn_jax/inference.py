@@ -38,6 +38,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from PIL import Image
 
+from fcn_jax import dataset_info
 from fcn_jax import errors
 from fcn_jax import input_pipeline
 from fcn_jax import models
@@ -590,14 +591,19 @@ def _path(path) -> str:
   return '/'.join(str(getattr(k, 'key', k)) for k in path)
 
 
-def dataset_meta(config: ml_collections.ConfigDict,
-                 num_classes: int) -> tuple[tuple[str, ...], np.ndarray]:
+def dataset_meta(config: ml_collections.ConfigDict, num_classes: int,
+                 workdir: str | None = None
+                 ) -> tuple[tuple[str, ...], np.ndarray]:
   """Class names and palette for `config.dataset`.
 
-  Reads the dataset's meta data when the dataset is available here; otherwise
-  (e.g. predicting on a machine without the training data) VOC's names for 21
-  classes and numbered names else, with the VOC colour map.
+  Reads `<workdir>/dataset_info.json` (written by training) when there is
+  one; else the dataset's meta data when the dataset is available here;
+  otherwise (e.g. converted weights on a machine without the training data)
+  VOC's names for 21 classes and numbered names else, with the VOC colour map.
   """
+  info = dataset_info.load(workdir) if workdir else None
+  if info is not None and info['num_classes'] == num_classes:
+    return info['class_names'], info['palette']
   try:
     _, _, info = input_pipeline.create_datasets(config)
     if info.num_classes == num_classes:
@@ -673,7 +679,7 @@ def load(path: str, checkpoint: str | int = 'best', *,
   except ValueError as e:
     raise CheckpointError(f'{checkpoint_path}: cannot build the model: {e}')
   check_params_fit(model, params, checkpoint_path)
-  class_names, palette = dataset_meta(config, config.num_classes)
+  class_names, palette = dataset_meta(config, config.num_classes, config_dir)
   return Segmenter(model=model, params=params, config=config,
                    class_names=class_names, palette=palette,
                    checkpoint=checkpoint_path, bucket=bucket)

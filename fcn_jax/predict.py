@@ -191,4 +191,5 @@ def _define_flags():
 
 if __name__ == '__main__':
   _define_flags()
-  cli.run(main, user_errors=(ValueError, FileNotFoundError))
+  cli.run(main, user_errors=(ValueError, FileNotFoundError),
+          path_flags=('workdir', 'checkpoint', 'input', 'output'))

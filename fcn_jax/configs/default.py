@@ -120,6 +120,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.eval_every_steps = 400
   config.checkpoint_every_steps = 400
+  # Validation images shown in TensorBoard at every evaluation as input /
+  # ground truth / prediction (the first ones of the split; 0 = none).
+  config.summary_images = 3
   # Checkpoints kept: the last `keep_checkpoints` plus the best by val mean IU.
   config.keep_checkpoints = 2
   # Non-finite loss or gradient: False = stop with an error (the last good
