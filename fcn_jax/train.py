@@ -38,8 +38,8 @@ from fcn_jax import sharding
 from fcn_jax import summaries
 from fcn_jax import writers
 
-OPTIMIZERS = ('sgd', 'adam')
-LR_SCHEDULES = ('constant', 'cosine')
+OPTIMIZERS = ('sgd', 'adam', 'adamw')
+LR_SCHEDULES = ('constant', 'cosine', 'poly')
 
 
 ConfigError = fault_tolerance.ConfigError
@@ -135,9 +135,13 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int):
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  decay_steps = max(1, config.num_train_steps - config.warmup_steps)
   if config.lr_schedule == 'cosine':
-    main = optax.cosine_decay_schedule(
-        config.learning_rate, max(1, config.num_train_steps - config.warmup_steps))
+    main = optax.cosine_decay_schedule(config.learning_rate, decay_steps)
+  elif config.lr_schedule == 'poly':
+    # mmsegmentation's default: lr * (1 - t / T) ** power, down to 0.
+    main = optax.polynomial_schedule(config.learning_rate, 0.0,
+                                     config.get('poly_power', 0.9), decay_steps)
   else:
     main = optax.constant_schedule(config.learning_rate)
   if config.warmup_steps <= 0:
@@ -168,12 +172,18 @@ def create_optimizer(config: ml_collections.ConfigDict,
   decay_mask = jax.tree_util.tree_map_with_path(_is_decayed_kernel, params)
   bias_mask = jax.tree_util.tree_map_with_path(_is_bias, params)
   schedule = learning_rate_schedule(config)
+  l2_decay = config.weight_decay
   if config.optimizer == 'sgd':
     optimizer = optax.sgd(schedule, momentum=config.momentum or None)
+  elif config.optimizer == 'adamw':
+    # Decoupled weight decay (same kernels) instead of the L2 gradient term.
+    optimizer = optax.adamw(schedule, weight_decay=config.weight_decay,
+                            mask=decay_mask)
+    l2_decay = 0.0
   else:
     optimizer = optax.adam(schedule)
   return optax.chain(
-      optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+      optax.add_decayed_weights(l2_decay, mask=decay_mask),
       optimizer,
       optax.masked(optax.scale(config.bias_lr_mult), bias_mask),
   )

@@ -95,11 +95,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = -1
   config.num_train_steps = 800
 
-  # Optimizer: 'sgd' (with momentum; the reference) or 'adam'.
+  # Optimizer: 'sgd' (with momentum; the reference), 'adam', or 'adamw' (Adam
+  # with decoupled weight decay: config.weight_decay on the same kernels).
   config.optimizer = 'adam'
   config.learning_rate = 3e-3
-  # Learning-rate schedule: 'constant' (the reference) or 'cosine' decay to 0.
+  # Learning-rate schedule: 'constant' (the reference), 'cosine' decay to 0, or
+  # 'poly': lr * (1 - t / T) ** poly_power down to 0 (mmsegmentation's default).
   config.lr_schedule = 'cosine'
+  # Exponent of the 'poly' schedule (0.9 in mmsegmentation and DeepLab).
+  config.poly_power = 0.9
   # Linear warm-up steps (0 = none).
   config.warmup_steps = 50
   # SGD momentum (0.99 in the reference, with batch 1 and the summed loss).
