@@ -15,6 +15,7 @@ import functools
 import logging as std_logging
 import os
 import sys
+import time
 from typing import Callable, Optional, Sequence, Type
 
 from absl import app
@@ -120,3 +121,35 @@ def _expand_path_flags(names: Sequence[str]) -> None:
   for name in names:
     if name in flag_values and isinstance(flag_values[name].value, str):
       flag_values[name].value = expand_path(flag_values[name].value)
+
+
+def show_progress(done: int, total: int, start: float, unit: str = 'images',
+                  stream=None, every_percent: int = 10) -> None:
+  """A progress line with the count, rate and ETA, on stderr.
+
+  On a terminal the line is redrawn in place; in a log file or a pipe a
+  plain line is printed every `every_percent` percent (and at the end), so
+  logs stay readable.
+  """
+  stream = stream or sys.stderr
+  elapsed = time.time() - start
+  rate = done / elapsed if elapsed > 0 else 0.0
+  eta = (total - done) / rate if rate > 0 else float('nan')
+  eta_text = (f'{int(eta) // 60}m{int(eta) % 60:02d}s' if eta == eta else '?')
+  width = 30
+  filled = int(width * done / max(total, 1))
+  text = (f'[{"#" * filled}{"." * (width - filled)}] {done}/{total} {unit}, '
+          f'{rate:.1f} {unit}/s, ETA {eta_text}')
+  if _is_terminal(stream):
+    stream.write(f'\r{text}  ' + ('\n' if done >= total else ''))
+  elif done >= total or (done * 100 // every_percent // max(total, 1) >
+                         (done - 1) * 100 // every_percent // max(total, 1)):
+    stream.write(text + '\n')
+  stream.flush()
+
+
+def _is_terminal(stream) -> bool:
+  try:
+    return stream.isatty()
+  except (AttributeError, ValueError):
+    return False

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from typing import Any
 
@@ -52,18 +51,8 @@ FLAGS = flags.FLAGS
 
 
 def _progress(done: int, total: int, start: float) -> None:
-  """A one-line progress bar with images done and ETA, on stderr."""
-  elapsed = time.time() - start
-  rate = done / elapsed if elapsed > 0 else 0.0
-  eta = (total - done) / rate if rate > 0 else float('nan')
-  width = 30
-  filled = int(width * done / max(total, 1))
-  eta_text = f'{int(eta) // 60}m{int(eta) % 60:02d}s' if np.isfinite(eta) else '?'
-  sys.stderr.write(f'\r[{"#" * filled}{"." * (width - filled)}] {done}/{total}'
-                   f' images, {rate:.1f} img/s, ETA {eta_text}  ')
-  if done == total:
-    sys.stderr.write('\n')
-  sys.stderr.flush()
+  """Progress with images done and ETA, on stderr (see cli.show_progress)."""
+  cli.show_progress(done, total, start, 'images')
 
 
 def confusion(labels: np.ndarray, preds: np.ndarray, num_classes: int

@@ -24,8 +24,10 @@ bfloat16 computation dtype (parameters stay float32).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging as std_logging
 import os
 import re
 from typing import Any, Sequence
@@ -37,6 +39,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from PIL import Image
+from PIL import ImageOps
 
 from fcn_jax import dataset_info
 from fcn_jax import errors
@@ -71,7 +74,9 @@ def read_image(path: str) -> tuple[np.ndarray, list[str]]:
   try:
     with Image.open(path) as image:
       image.load()  # Decode now: truncated files fail here, not later.
-      return to_rgb(image, name=path)
+      # Photos from phones and cameras are often stored sideways with an
+      # EXIF orientation tag; viewers rotate them, so must we.
+      return to_rgb(ImageOps.exif_transpose(image), name=path)
   except ImageError:
     raise
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -473,6 +478,36 @@ def restore_params(path: str) -> dict:
   if not os.path.isdir(path):
     raise CheckpointError(f'{path}: checkpoint does not exist or is not a '
                           'directory.')
+  with _no_step_metadata_warning():
+    return _restore_params(path)
+
+
+class _StepMetadataFilter(std_logging.Filter):
+  """Drops Orbax's warning that an item directory has no step metadata.
+
+  The step's _CHECKPOINT_METADATA lives one level up (in the step directory,
+  written by the CheckpointManager); reading an item directory alone, as
+  `restore_params` does, makes Orbax warn about it on every load.
+  """
+
+  def filter(self, record) -> bool:
+    message = record.getMessage()
+    return not ('_CHECKPOINT_METADATA' in message and
+                'does not exist' in message)
+
+
+@contextlib.contextmanager
+def _no_step_metadata_warning():
+  logger = std_logging.getLogger('absl')
+  metadata_filter = _StepMetadataFilter()
+  logger.addFilter(metadata_filter)
+  try:
+    yield
+  finally:
+    logger.removeFilter(metadata_filter)
+
+
+def _restore_params(path: str) -> dict:
   checkpointer = ocp.PyTreeCheckpointer()
   errors = []
   for item in _item_dirs(path):

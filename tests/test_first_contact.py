@@ -3,6 +3,7 @@ pictures and class-named tags, learning-rate schedules, the ETA."""
 
 import glob
 import io
+import json
 import os
 import struct
 
@@ -158,3 +159,73 @@ def test_eta_shows_hours_for_long_runs():
   assert train._format_duration(65) == '1m05s'
   assert train._format_duration(3 * 3600 + 7 * 60 + 59) == '3h07m'
   assert train._format_duration(float('nan')) == '?'
+
+
+def test_read_image_applies_exif_orientation(tmp_path):
+  # Orientation 6: the camera was turned clockwise; viewers rotate the stored
+  # pixels 90 degrees clockwise to show them.
+  stored = np.zeros((20, 30, 3), np.uint8)
+  stored[:10, :15] = (250, 20, 20)  # A red top-left quadrant.
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  path = str(tmp_path / 'photo.jpg')
+  Image.fromarray(stored).save(path, exif=exif, quality=100)
+  image, _ = inference.read_image(path)
+  expected = np.rot90(stored, k=-1)  # Clockwise: red is now top-right.
+  assert image.shape == expected.shape == (30, 20, 3)
+  assert np.abs(image.astype(int) - expected).mean() < 3
+
+
+class _Stream(io.StringIO):
+
+  def __init__(self, tty):
+    super().__init__()
+    self._tty = tty
+
+  def isatty(self):
+    return self._tty
+
+
+def test_progress_redraws_only_on_a_terminal():
+  tty, log = _Stream(True), _Stream(False)
+  for done in range(1, 101):
+    cli.show_progress(done, 100, 0.0, stream=tty)
+    cli.show_progress(done, 100, 0.0, stream=log)
+  # Terminal: 100 redraws of one line, one newline at the end.
+  assert tty.getvalue().count('\r') == 100 and tty.getvalue().count('\n') == 1
+  # File or pipe: a plain line every 10 % (10, 20, ..., 100), no \r.
+  lines = log.getvalue().splitlines()
+  assert '\r' not in log.getvalue()
+  assert [l.split()[1] for l in lines] == [f'{n}/100' for n in range(10, 101, 10)]
+  short = _Stream(False)
+  for done in range(1, 4):  # Fewer items than steps: every item, once.
+    cli.show_progress(done, 3, 0.0, stream=short)
+  assert [l.split()[1] for l in short.getvalue().splitlines()] == [
+      '1/3', '2/3', '3/3']
+
+
+def test_report_of_a_single_training_workdir(tmp_path, capsys):
+  from experiments import report  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'fcn8s'
+  workdir.mkdir()
+  (workdir / 'config.json').write_text('{"num_train_steps": 4, "seed": 0}')
+  dataset_info.save(str(workdir), 'x', ['sky', 'road'], [[0, 0, 0]] * 2)
+  lines = [
+      {'step': 2, 'split': 'train', 'loss': 2.0, 'steps_per_sec': 1.0},
+      {'step': 2, 'split': 'val', 'overall_acc': 0.5, 'mean_acc': 0.5,
+       'mean_iu': 0.25, 'fwavacc': 0.3, 'per_class_iu': [0.1, 0.4]},
+      {'step': 4, 'split': 'train', 'loss': 1.0, 'steps_per_sec': 3.0},
+      {'step': 4, 'split': 'val', 'overall_acc': 0.75, 'mean_acc': 0.625,
+       'mean_iu': 0.5, 'fwavacc': 0.55, 'per_class_iu': [0.375, 0.625]}]
+  (workdir / 'metrics.jsonl').write_text(
+      ''.join(json.dumps(line) + '\n' for line in lines))
+  assert report.main(['report', '--help']) == 0
+  assert 'one training workdir' in capsys.readouterr().out
+  paths = report.write_report(str(workdir))
+  text = open(paths['md']).read()
+  assert text.startswith('# Run `fcn8s`')
+  # The final scores, in percent, and the class names of dataset_info.json.
+  assert '| `fcn8s` | 1 | 75.0 | 62.5 | 50.0 | 55.0 |' in text
+  assert '| setting | sky | road |' in text and '| `fcn8s` | 37.5 | 62.5 |' in text
+  with Image.open(paths['curves']) as curves:
+    assert curves.size[0] >= 500

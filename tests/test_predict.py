@@ -59,20 +59,27 @@ def test_predict_folder_of_mixed_images(trained_workdir, tmp_path):
       folder / 'rgba.png')
   Image.fromarray(gray.astype(np.uint16) * 257).save(folder / 'deep16.png')
   (folder / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
+  # Stored 40x24, shown (and segmented) 24x40: EXIF orientation 6.
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  Image.fromarray(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)).save(
+      folder / 'sideways.jpg', exif=exif)
   (folder / 'README.txt').write_text('not an image, skipped')
   out = tmp_path / 'out'
   result = run_module('fcn_jax.predict', f'--workdir={trained_workdir}',
                       '--checkpoint=6', f'--input={folder}', f'--output={out}',
                       '--probabilities')
   # The broken file fails (named, non-zero exit); the others are written.
-  assert result.returncode == 1, result.stderr[-2000:]
+  assert result.returncode == 2, result.stderr[-2000:]  # Some failed.
   assert 'broken.jpg: cannot read image' in result.stderr
-  assert 'Segmented 5 of 6 image(s)' in result.stdout
+  assert 'Segmented 6 of 7 image(s)' in result.stdout
+  assert '_CHECKPOINT_METADATA' not in result.stderr  # No Orbax warning.
   for warning in ('gray.png: grayscale', 'rgba.png: alpha',
                   'deep16.png: 16-bit'):
     assert warning in result.stderr
   sizes = {'2007_000129': (500, 334), '2011_000003': (338, 500),
-           'gray': (31, 45), 'rgba': (21, 33), 'deep16': (31, 45)}
+           'gray': (31, 45), 'rgba': (21, 33), 'deep16': (31, 45),
+           'sideways': (40, 24)}
   names = inference.load(trained_workdir, '6').class_names
   for stem, size in sizes.items():
     with Image.open(out / f'{stem}.png') as labels:
