@@ -59,10 +59,11 @@ def test_predict_folder_of_mixed_images(trained_workdir, tmp_path):
       folder / 'rgba.png')
   Image.fromarray(gray.astype(np.uint16) * 257).save(folder / 'deep16.png')
   (folder / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
-  # Stored 40x24, shown (and segmented) 24x40: EXIF orientation 6.
+  # Stored 24 wide and 40 high, shown (and segmented) 40 wide and 24 high:
+  # EXIF orientation 6 (in the 32x64 bucket of the small images).
   exif = Image.Exif()
   exif[0x0112] = 6
-  Image.fromarray(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)).save(
+  Image.fromarray(rng.integers(0, 256, (40, 24, 3), dtype=np.uint8)).save(
       folder / 'sideways.jpg', exif=exif)
   (folder / 'README.txt').write_text('not an image, skipped')
   out = tmp_path / 'out'
@@ -79,7 +80,7 @@ def test_predict_folder_of_mixed_images(trained_workdir, tmp_path):
     assert warning in result.stderr
   sizes = {'2007_000129': (500, 334), '2011_000003': (338, 500),
            'gray': (31, 45), 'rgba': (21, 33), 'deep16': (31, 45),
-           'sideways': (40, 24)}
+           'sideways': (24, 40)}
   names = inference.load(trained_workdir, '6').class_names
   for stem, size in sizes.items():
     with Image.open(out / f'{stem}.png') as labels:
@@ -89,8 +90,8 @@ def test_predict_folder_of_mixed_images(trained_workdir, tmp_path):
     for name in names:
       assert (out / f'{stem}_prob_{name}.png').exists()
   assert not (out / 'broken.png').exists()
-  # 4 distinct sizes, 3 bucket shapes: 512x384, 384x512 and 32x64 (shared by
-  # the 31x45 and 21x33 images): one compilation each.
+  # 5 distinct sizes, 3 bucket shapes: 512x384, 384x512 and 32x64 (shared by
+  # the 31x45, 21x33 and 24x40 images): one compilation each.
   compiled = int(re.search(r'(\d+) compilation', result.stdout).group(1))
   buckets = {(inference.bucket_size(h), inference.bucket_size(w))
              for h, w in sizes.values()}
