@@ -29,6 +29,8 @@ from typing import Iterator
 
 import numpy as np
 
+from fcn_jax import errors
+
 # Wire types of the protobuf encoding.
 VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
 
@@ -49,7 +51,7 @@ V0_LAYER_TYPES = {'conv': 'Convolution', 'innerproduct': 'InnerProduct',
                   'deconv': 'Deconvolution'}
 
 
-class CaffeModelError(ValueError):
+class CaffeModelError(ValueError, errors.UserError):
   """A file that is not a readable .caffemodel (one line, names the file)."""
 
 
@@ -153,12 +155,14 @@ class _Reader:
     except UnicodeDecodeError as e:
       raise self.error(f'{what} is not UTF-8') from e
 
-  def packed_varints(self, span, what: str) -> list[int]:
+  def packed_varints(self, span, what: str, limit: int) -> list[int]:
     start, end = span
     values, pos = [], start
     while pos < end:
       value, pos = self.varint(pos, end, what)
       values.append(value)
+      if len(values) > limit:
+        raise self.error(f'{what} has more than {limit} values')
     return values
 
   def floats(self, span, dtype: str, what: str) -> np.ndarray:
@@ -179,17 +183,23 @@ def _read_blob(reader: _Reader, span, what: str) -> np.ndarray:
   """One BlobProto as a float32 array of its shape."""
   legacy = {}
   shape = None
-  chunks = {'float': [], 'double': []}
+  # Packed data is one span per field; unpacked data (one value per field)
+  # is gathered in a bytearray, 4 or 8 bytes per value, never one Python
+  # object per value.
+  chunks = {'<f4': [], '<f8': []}
+  unpacked = {'<f4': bytearray(), '<f8': bytearray()}
   for field, wire, value in reader.fields(*span, what):
     if field in (1, 2, 3, 4):  # num, channels, height, width
       reader.expect(wire, (VARINT,), field, what)
       legacy[field] = _int32(value)
-    elif field == 5:  # data: packed floats, or one float per field
-      reader.expect(wire, (LENGTH, FIXED32), field, what)
-      chunks['float'].append(reader.floats(value, '<f4', f'{what} data'))
-    elif field == 8:  # double_data
-      reader.expect(wire, (LENGTH, FIXED64), field, what)
-      chunks['double'].append(reader.floats(value, '<f8', f'{what} data'))
+    elif field in (5, 8):  # data (float) / double_data
+      dtype = '<f4' if field == 5 else '<f8'
+      reader.expect(wire, (LENGTH, FIXED32 if field == 5 else FIXED64), field,
+                    what)
+      if wire == LENGTH:
+        chunks[dtype].append(reader.floats(value, dtype, f'{what} data'))
+      else:
+        unpacked[dtype] += reader.data[value[0]:value[1]]
     elif field == 7:  # shape: BlobShape
       reader.expect(wire, (LENGTH,), field, what)
       dims = []
@@ -197,14 +207,17 @@ def _read_blob(reader: _Reader, span, what: str) -> np.ndarray:
         if dim_field != 1:
           continue
         reader.expect(dim_wire, (LENGTH, VARINT), dim_field, f'{what} shape')
-        dims += (reader.packed_varints(dim, f'{what} shape')
+        dims += (reader.packed_varints(dim, f'{what} shape', MAX_BLOB_AXES)
                  if dim_wire == LENGTH else [dim])
         if len(dims) > MAX_BLOB_AXES:
           raise reader.error(f'{what} has more than {MAX_BLOB_AXES} axes')
       shape = tuple(_int32(d) for d in dims)
-  if chunks['float'] and chunks['double']:
+  for dtype, raw in unpacked.items():
+    if raw:
+      chunks[dtype].append(np.frombuffer(raw, dtype))
+  if chunks['<f4'] and chunks['<f8']:
     raise reader.error(f'{what} has both float and double data')
-  parts = chunks['float'] or chunks['double']
+  parts = chunks['<f4'] or chunks['<f8']
   data = (np.concatenate(parts) if len(parts) > 1 else parts[0]) if parts else (
       np.zeros(0, np.float32))
   if shape is None:
@@ -219,7 +232,8 @@ def _read_blob(reader: _Reader, span, what: str) -> np.ndarray:
   return data.astype(np.float32).reshape(shape)
 
 
-def _read_group(reader: _Reader, span, group_field: int, what: str) -> int:
+def _read_group(reader: _Reader, span, group_field: int,
+                what: str) -> int | None:
   group = None
   for field, wire, value in reader.fields(*span, what):
     if field == group_field:

@@ -30,7 +30,6 @@ with the training config's keys (--config.dataset, --config.data_dir, ...).
 
 from __future__ import annotations
 
-import sys
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -38,6 +37,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from fcn_jax import cli
+from fcn_jax import errors
 from fcn_jax import evaluate
 from fcn_jax import input_pipeline
 from fcn_jax import metrics as metrics_lib
@@ -161,13 +162,13 @@ def stride_ceiling(label_maps: Iterable[np.ndarray], factors: Sequence[int],
 
 
 def parse_strides(text: str) -> list[int]:
-  """'128,64,32' -> [128, 64, 32]; a ValueError naming the flag otherwise."""
+  """'128,64,32' -> [128, 64, 32]; a FlagError naming the flag otherwise."""
   try:
     strides = [int(s) for s in text.split(',') if s.strip()]
   except ValueError:
     strides = []
   if not strides or any(s < 1 for s in strides):
-    raise ValueError(f'--strides={text!r}: expected a comma-separated list of '
+    raise errors.FlagError(f'--strides={text!r}: expected a comma-separated list of '
                      'positive integers, e.g. 128,64,32,16,8,4.')
   return strides
 
@@ -214,11 +215,8 @@ def run(config, strides: Sequence[int], split: str = 'val',
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  try:
-    run(FLAGS.config, parse_strides(FLAGS.strides), FLAGS.split,
-        FLAGS.downsample, FLAGS.max_images)
-  except ValueError as e:  # Includes data.decode.DataError.
-    sys.exit(f'Error: {e}')
+  run(FLAGS.config, parse_strides(FLAGS.strides), FLAGS.split,
+      FLAGS.downsample, FLAGS.max_images)
 
 
 def _define_flags():
@@ -237,4 +235,5 @@ def _define_flags():
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  # ValueError: unknown dataset; data.decode.DataError: missing files.
+  cli.run(main, user_errors=(ValueError,))

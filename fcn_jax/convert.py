@@ -28,11 +28,16 @@ run code). The output is an Orbax checkpoint directory holding ``params`` and
 from __future__ import annotations
 
 import collections
+import errno
 import hashlib
+import io
 import json
 import os
 import pickle
+import pickletools
+import struct
 import zipfile
+import zlib
 from typing import Any, Mapping
 
 import jax
@@ -41,6 +46,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from fcn_jax import checkpointing
+from fcn_jax import errors
 from fcn_jax import models
 
 # Known weight files: official source, checksum, format and FCN variant.
@@ -114,6 +120,17 @@ _STORAGE_DTYPES = {
 }
 _LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
 _LEGACY_PROTOCOL = 1001
+# A tensor may hold more elements than its storage only through overlapping
+# (stride-0, expanded) views; state dicts have none. Above this size such a
+# view is refused: it would allocate what the file only declares.
+MAX_EXPANDED_TENSOR_BYTES = 64 << 20
+# torch stores storages uncompressed; a zip entry that inflates more than
+# this (and is large) is a decompression bomb.
+MAX_ZIP_INFLATION = 100
+
+
+class WeightsFileError(pickle.UnpicklingError, ValueError, errors.UserError):
+  """A weights file is malformed, truncated or declares absurd sizes."""
 
 
 class _StorageType:
@@ -146,9 +163,20 @@ class _TensorRef:
     shape, stride = self.size, self.stride
     # Bounds check before as_strided: a crafted file must not read outside
     # the storage.
-    if (len(shape) != len(stride) or self.offset < 0
+    if (not all(type(v) is int for v in shape + stride + (self.offset,))  # pylint: disable=unidiomatic-typecheck
+        or len(shape) != len(stride) or self.offset < 0
         or any(s < 0 for s in stride) or any(n < 0 for n in shape)):
       raise pickle.UnpicklingError(f'{source}: malformed tensor layout.')
+    if data is None:
+      raise pickle.UnpicklingError(f'{source}: tensor of a storage that the '
+                                   'file does not contain.')
+    numel = int(np.prod(shape, dtype=object)) if shape else 1
+    if (numel > data.size and
+        numel * data.itemsize > MAX_EXPANDED_TENSOR_BYTES):
+      raise pickle.UnpicklingError(
+          f'{source}: tensor of shape {shape} ({numel} elements) views a '
+          f'storage of only {data.size} (stride-0 / overlapping view); '
+          'refusing to expand it.')
     if 0 not in shape:
       last = self.offset + sum((n - 1) * s for n, s in zip(shape, stride))
       if last >= data.size:
@@ -183,7 +211,7 @@ _ALLOWED_GLOBALS = {
 }
 
 
-class _Refused(pickle.UnpicklingError):
+class _Refused(WeightsFileError):
   """The pickle asks for a global outside the allowlist."""
 
 
@@ -226,6 +254,20 @@ def _materialize(obj, source: str):
   return obj
 
 
+def _checked_unpickle(f: io.BytesIO, path: str, load_storage):
+  """Unpickles the next pickle of `f` after checking every length in it.
+
+  The C unpickler allocates a declared bytes length before reading it (a
+  10-byte file can ask for terabytes); pickletools reads the opcodes with
+  their declared lengths checked against what is left, allocating nothing.
+  """
+  start = f.tell()
+  for _ in pickletools.genops(f):
+    pass
+  f.seek(start)
+  return _RestrictedUnpickler(f, path, load_storage).load()
+
+
 def _load_zip(path: str):
   """torch >= 1.6 format: <root>/data.pkl plus one <root>/data/<key> per storage."""
   with zipfile.ZipFile(path) as archive:
@@ -242,15 +284,25 @@ def _load_zip(path: str):
     def load_storage(dtype, key, unused_location, numel, *unused):
       if key not in storages:
         storage = _Storage(dtype, numel)
-        raw = archive.read(f'{root}data/{key}')
+        info = archive.getinfo(f'{root}data/{key}')
+        if (info.file_size > MAX_EXPANDED_TENSOR_BYTES and
+            info.file_size > MAX_ZIP_INFLATION * max(info.compress_size, 1)):
+          raise pickle.UnpicklingError(
+              f'{path}: storage {key} inflates from {info.compress_size} to '
+              f'{info.file_size} bytes (a decompression bomb?).')
+        raw = archive.read(info)
         data = np.frombuffer(raw, dtype.newbyteorder(
             '<' if byteorder == 'little' else '>'))
         storage.data = data.astype(dtype.newbyteorder('='), copy=False)
         storages[key] = storage
       return storages[key]
 
-    with archive.open(pickles[0]) as f:
-      obj = _RestrictedUnpickler(f, path, load_storage).load()
+    info = archive.getinfo(pickles[0])
+    if info.file_size > MAX_EXPANDED_TENSOR_BYTES:
+      raise pickle.UnpicklingError(f'{path}: {pickles[0]} declares '
+                                   f'{info.file_size} bytes; too large.')
+    with io.BytesIO(archive.read(info)) as f:
+      obj = _checked_unpickle(f, path, load_storage)
   return _materialize(obj, path)
 
 
@@ -267,8 +319,10 @@ class _View(_Storage):
 
 def _load_legacy(path: str):
   """torch < 1.6 format: magic, protocol, sys info, main pickle, storages."""
-  with open(path, 'rb') as f:
-    header = lambda: _RestrictedUnpickler(f, path, None).load()  # pylint: disable=unnecessary-lambda-assignment
+  with open(path, 'rb') as raw_file:
+    contents = raw_file.read()
+  with io.BytesIO(contents) as f:
+    header = lambda: _checked_unpickle(f, path, None)  # pylint: disable=unnecessary-lambda-assignment
     try:
       magic = header()
     except _Refused:
@@ -295,20 +349,36 @@ def _load_legacy(path: str):
         return storages[view_key]
       return storages[root_key]
 
-    obj = _RestrictedUnpickler(f, path, load_storage).load()
-    keys = _RestrictedUnpickler(f, path, None).load()
+    obj = _checked_unpickle(f, path, load_storage)
+    keys = _checked_unpickle(f, path, None)
+    file_size = len(contents)
+    if not isinstance(keys, list) or any(k not in storages for k in keys):
+      raise ValueError(f'{path}: corrupt storage list.')
     for key in keys:
       storage = storages[key]
-      numel = int(np.frombuffer(f.read(8), '<i8')[0])
+      header = f.read(8)
+      numel = int(np.frombuffer(header, '<i8')[0]) if len(header) == 8 else -1
       nbytes = numel * storage.dtype.itemsize
-      raw = f.read(nbytes)
-      if numel != storage.numel or len(raw) != nbytes:
-        raise ValueError(f'{path}: truncated or corrupt storage {key}.')
-      storage.data = np.frombuffer(raw, storage.dtype)
+      # Check the size the file declares against what it holds before
+      # reading: f.read(n) allocates n bytes first.
+      if (numel != storage.numel or numel < 0 or
+          nbytes > file_size - f.tell()):
+        raise ValueError(f'{path}: truncated or corrupt storage {key} '
+                         f'(declares {numel} elements).')
+      storage.data = np.frombuffer(contents, storage.dtype, numel, f.tell())
+      f.seek(nbytes, io.SEEK_CUR)
     for storage in storages.values():
       if isinstance(storage, _View):
         storage.resolve()
   return _materialize(obj, path)
+
+
+# What a malformed pickle or archive raises from deep inside the readers.
+_MALFORMED_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError,
+                     KeyError, IndexError, AttributeError, OverflowError,
+                     UnicodeDecodeError, zipfile.BadZipFile, zlib.error,
+                     struct.error, RecursionError, NotImplementedError,
+                     RuntimeError)  # zipfile: "encrypted" flag bits.
 
 
 def load_pth(path: str):
@@ -317,12 +387,32 @@ def load_pth(path: str):
   Only tensors, dicts, lists and plain values are rebuilt; any other object in
   the pickle raises `pickle.UnpicklingError` (no code from the file runs).
   Both the zip format (torch >= 1.6) and the legacy format are supported.
+  Every size the file declares is checked against what it holds before
+  anything is allocated.
+
+  Raises:
+    FileNotFoundError: no such file.
+    pickle.UnpicklingError: the pickle asks for a global outside the allowlist.
+    WeightsFileError: anything else wrong with the file (truncated, corrupt,
+      absurd declared sizes), naming it.
   """
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path}: no such weights file.')
-  if zipfile.is_zipfile(path):
-    return _load_zip(path)
-  return _load_legacy(path)
+  try:
+    if zipfile.is_zipfile(path):
+      return _load_zip(path)
+    return _load_legacy(path)
+  except (_Refused, WeightsFileError):
+    raise
+  except OSError as e:
+    if e.errno != errno.EINVAL:  # zipfile seeking to a corrupt offset.
+      raise
+    raise WeightsFileError(f'{path}: corrupt zip archive ({e}).') from e
+  except _MALFORMED_ERRORS as e:
+    text = ' '.join(str(e).split())[:200] or type(e).__name__
+    if not text.startswith(path):
+      text = f'{path}: {text}'
+    raise WeightsFileError(f'{text} (truncated or corrupt .pth file?)') from e
 
 
 def to_numpy(x) -> np.ndarray:
@@ -627,6 +717,7 @@ def _restore_tree(item_dir: str, subtree: str | None = None):
       if subtree not in tree:
         raise ValueError(f'{item_dir}: checkpoint has no {subtree!r} entry.')
       tree = {subtree: tree[subtree]}
+    checkpointing.check_declared_sizes(item_dir, tree)
     item = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), dict(tree))
     restore_args = jax.tree.map(
         lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
@@ -646,7 +737,8 @@ def _training_step_dir(path: str) -> str | None:
       return None
     ckpt_dir = path
   workdir = os.path.dirname(os.path.abspath(ckpt_dir))
-  manager = checkpointing.create_manager(workdir)
+  # Read-only: a trainer may be writing a checkpoint in this workdir now.
+  manager = checkpointing.create_read_only_manager(workdir)
   step = manager.best_step()
   if step is None:
     step = manager.latest_step()
@@ -861,8 +953,8 @@ def _define_flags():
   flags.DEFINE_enum('format', 'auto', ('auto',) + FORMATS,
                     'Source: auto = .caffemodel by its content, else known '
                     'file name, else pytorch-fcn names.')
-  flags.DEFINE_enum('variant', '', ('',) + models.VARIANTS + tuple(sorted(
-      set(caffe_models.REFERENCE_MODELS) - set(models.VARIANTS))),
+  flags.DEFINE_enum('variant', '', ('',) + models.MODELS + tuple(sorted(
+      set(caffe_models.REFERENCE_MODELS) - set(models.MODELS))),
                     'FCN variant of a pytorch-fcn file (default: from names; '
                     'fcn8s-atonce must be given unless the file is known), or '
                     'reference model of a .caffemodel (default: from its file '

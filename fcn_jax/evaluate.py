@@ -68,18 +68,22 @@ def confusion(labels: np.ndarray, preds: np.ndarray, num_classes: int
 
 def evaluate_segmenter(segmenter: inference.Segmenter, source,
                        max_images: int = 0, progress: bool = True,
+                       per_image: bool = False,
                        **predict_kwargs) -> dict[str, Any]:
   """Scores `segmenter` on every example of `source` (one global histogram).
 
   Returns segmentation_scores plus 'confusion_matrix', 'num_images',
   'compilations', 'seconds' and 'calibration' (calibration_scores: 'ece'
-  and the per-bin counts, accuracies and confidences).
+  and the per-bin counts, accuracies and confidences). With `per_image`,
+  also 'per_image_confusion': the (N, C, C) int64 matrices of the N images,
+  which sum to 'confusion_matrix' (for paired statistics over images).
   """
   num_classes = segmenter.num_classes
   total = len(source) if not max_images else min(max_images, len(source))
   if total == 0:
     raise ValueError('The split holds no images.')
   hist = np.zeros((num_classes, num_classes), np.int64)
+  image_hists = []
   calibration_sums = calibration.Accumulator(
       bucket=inference.bucket_size if segmenter.bucket else None)
   compiled_before = segmenter.num_compilations
@@ -92,7 +96,10 @@ def evaluate_segmenter(segmenter: inference.Segmenter, source,
     if preds.shape != labels.shape:
       raise ValueError(f'Example {index}: prediction {preds.shape} and label '
                        f'{labels.shape} differ in size.')
-    hist += confusion(labels, preds, num_classes)
+    image_hist = confusion(labels, preds, num_classes)
+    hist += image_hist
+    if per_image:
+      image_hists.append(image_hist)
     calibration_sums.add(probs, labels)
     if progress:
       _progress(index + 1, total, start)
@@ -102,6 +109,8 @@ def evaluate_segmenter(segmenter: inference.Segmenter, source,
                 seconds=time.time() - start,
                 calibration=calibration_sums.scores())
   scores['ece'] = scores['calibration']['ece']
+  if per_image:
+    scores['per_image_confusion'] = np.stack(image_hists)
   return scores
 
 

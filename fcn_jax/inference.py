@@ -41,16 +41,23 @@ from absl import logging
 from PIL import Image
 from PIL import ImageOps
 
+from fcn_jax import checkpointing
 from fcn_jax import dataset_info
 from fcn_jax import errors
 from fcn_jax import input_pipeline
 from fcn_jax import models
 from fcn_jax import train
 from fcn_jax.configs import default as default_config
+from fcn_jax.data import decode
 
 CONFIG_FILE = 'config.json'
 CHECKPOINTS = 'checkpoints'
 DEFAULT_TTA_SCALES = (0.75, 1.0, 1.25)
+# Images with more pixels are segmented in AUTO_WINDOW tiles, a band of tile
+# rows at a time, even when no window is asked for: the forward pass and the
+# probability buffer then stay bounded instead of growing with the image.
+DEFAULT_MAX_PIXELS = 2048 * 2048
+AUTO_WINDOW = 1024
 
 
 class CheckpointError(ValueError, errors.UserError):
@@ -73,13 +80,16 @@ def read_image(path: str) -> tuple[np.ndarray, list[str]]:
   """
   try:
     with Image.open(path) as image:
+      decode.check_image_size(image, path, ImageError)
       image.load()  # Decode now: truncated files fail here, not later.
       # Photos from phones and cameras are often stored sideways with an
       # EXIF orientation tag; viewers rotate them, so must we.
       return to_rgb(ImageOps.exif_transpose(image), name=path)
   except ImageError:
     raise
-  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+  except Image.DecompressionBombError as e:
+    raise decode.bomb_error(e, path, ImageError) from None
+  except (OSError, SyntaxError, ValueError) as e:
     raise ImageError(f'{path}: cannot read image ({e}).') from e
 
 
@@ -218,6 +228,8 @@ class Segmenter:
     bucket: pad inputs to `bucket_size` shapes (False: compile every shape).
     compiled_shapes: input shapes the forward pass was compiled for, in
       order (one entry per compilation; its length is the compile count).
+    max_pixels: `segment` tiles larger images automatically, in
+      `auto_window` tiles.
   """
   model: models.FCN
   params: Any
@@ -227,6 +239,8 @@ class Segmenter:
   checkpoint: str = ''
   bucket: bool = True
   compiled_shapes: list = dataclasses.field(default_factory=list)
+  max_pixels: int = DEFAULT_MAX_PIXELS
+  auto_window: int = AUTO_WINDOW
 
   def __post_init__(self):
     self.params = jax.device_put(self.params)
@@ -321,9 +335,59 @@ class Segmenter:
 
   def segment(self, image: Any, **kwargs) -> np.ndarray:
     """(H, W) class indices (uint8 if they fit, else int32); `kwargs` as in
-    `probabilities`."""
-    labels = np.argmax(self.probabilities(image, **kwargs), axis=-1)
-    return labels.astype(np.uint8 if self.num_classes <= 256 else np.int32)
+    `probabilities`.
+
+    Above `max_pixels` pixels and without a window, AUTO_WINDOW tiles are
+    used. Without augmentation, tiled images are done a band of tile rows
+    at a time (same result as `probabilities`' argmax, without holding the
+    whole image's probabilities).
+    """
+    rgb, _ = to_rgb(image)
+    height, width = rgb.shape[:2]
+    window = kwargs.get('window')
+    if not window and height * width > self.max_pixels:
+      window = self.auto_window
+      logging.info('%dx%d image above %d pixels: segmented in %d-pixel tiles.',
+                   width, height, self.max_pixels, window)
+    plain = (not kwargs.get('tta') and not kwargs.get('flip') and
+             tuple(kwargs.get('scales') or (1.0,)) == (1.0,))
+    dtype = np.uint8 if self.num_classes <= 256 else np.int32
+    if plain and window and (height > window or width > window):
+      return self._segment_in_bands(rgb, window, kwargs.get('overlap', 1 / 3),
+                                    dtype)
+    probs = self.probabilities(rgb, **dict(kwargs, window=window))
+    return np.argmax(probs, axis=-1).astype(dtype)
+
+  def _segment_in_bands(self, rgb: np.ndarray, window: int, overlap: float,
+                        dtype) -> np.ndarray:
+    """`_probabilities_one_scale`'s tiling, argmax taken per finished band:
+    only the rows that later tiles still overlap are kept."""
+    height, width = rgb.shape[:2]
+    tile_h, tile_w = min(window, height), min(window, width)
+    margin = int(round(overlap * window))
+    tops = _tile_starts(height, tile_h, margin)
+    lefts = _tile_starts(width, tile_w, margin)
+    labels = np.empty((height, width), dtype)
+    start = 0  # First row still held in `total`.
+    total = np.zeros((0, width, self.num_classes), np.float32)
+    count = np.zeros((0, width, 1), np.float32)
+    for i, top in enumerate(tops):
+      grow = top + tile_h - start - total.shape[0]
+      if grow > 0:
+        total = np.concatenate(
+            [total, np.zeros((grow, width, self.num_classes), np.float32)])
+        count = np.concatenate([count, np.zeros((grow, width, 1), np.float32)])
+      rows = slice(top - start, top - start + tile_h)
+      for left in lefts:
+        crop = rgb[top:top + tile_h, left:left + tile_w]
+        total[rows, left:left + tile_w] += _softmax(self.logits(crop))
+        count[rows, left:left + tile_w] += 1
+      done = tops[i + 1] if i + 1 < len(tops) else height
+      labels[start:done] = np.argmax(
+          total[:done - start] / count[:done - start], axis=-1)
+      total, count = total[done - start:].copy(), count[done - start:].copy()
+      start = done
+    return labels
 
 
 def forward(model: models.FCN, params, images: jax.Array,
@@ -355,8 +419,14 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
       saved = json.load(f)
   except (OSError, ValueError) as e:
     raise CheckpointError(f'{path}: cannot read the run config ({e}).') from e
+  if not isinstance(saved, dict):
+    raise CheckpointError(f'{path}: the run config is a '
+                          f'{type(saved).__name__}, not an object.')
   config = default_config.get_config()
-  _merge(config, saved)
+  try:
+    _merge(config, saved)
+  except (TypeError, ValueError, KeyError, AttributeError) as e:
+    raise CheckpointError(f'{path}: cannot use the run config ({e}).') from e
   return config
 
 
@@ -458,13 +528,13 @@ def _item_dirs(path: str) -> list[str]:
 
 def _params_subtree(tree: Any) -> tuple[Any, str | None]:
   """The parameters in a saved tree: TrainState-like {'params': ...} or the
-  parameter dict itself (keys conv1_1, ...)."""
+  parameter dict itself (keys conv1_1, ..., or conv1, ... for FCN-AlexNet)."""
   if isinstance(tree, dict):
     if 'params' in tree and isinstance(tree['params'], dict):
       inner, _ = _params_subtree(tree['params'])
       if inner is not None:
         return tree['params'], 'params'
-    if 'conv1_1' in tree:
+    if 'conv1_1' in tree or 'conv1' in tree:
       return tree, None
   return None, None
 
@@ -523,6 +593,10 @@ def _restore_params(path: str) -> dict:
     params_meta, key = _params_subtree(tree)
     if params_meta is None:
       continue
+    try:
+      checkpointing.check_declared_sizes(item, params_meta)
+    except checkpointing.DeclaredSizeError as e:
+      raise CheckpointError(str(e)) from None
     target = jax.tree.map(lambda m: np.zeros((), m.dtype), params_meta)
     restore_args = jax.tree.map(
         lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
@@ -563,6 +637,12 @@ def infer_architecture(params: dict) -> dict[str, Any]:
   FCN-8s and FCN-8s at-once have the same parameters (at-once only scales
   the skip inputs), so the variant 'fcn8s' is assumed for both.
   """
+  if 'conv1' in params and 'score_fr' in params:  # FCN-AlexNet
+    from fcn_jax import alexnet  # pylint: disable=g-import-not-at-top
+    return dict(model='fcn-alexnet',
+                num_classes=int(np.shape(params['score_fr']['kernel'])[-1]),
+                width=np.shape(params['conv1']['kernel'])[-1] / alexnet.CONVS[0][1],
+                learn_upsampling='upscore' in params)
   try:
     conv1 = np.shape(params['conv1_1']['kernel'])[-1]
     num_classes = np.shape(params['score_fr']['kernel'])[-1]
@@ -706,9 +786,9 @@ def load(path: str, checkpoint: str | int = 'best', *,
   config = apply_overrides(config, config_overrides or {})
   if dtype:
     config.dtype = dtype
-  if config.model not in models.VARIANTS:
+  if config.model not in models.MODELS:
     raise CheckpointError(f'config.model={config.model!r}: expected one of '
-                          f'{models.VARIANTS}.')
+                          f'{models.MODELS}.')
   try:
     model = train.create_model(config, config.num_classes)
   except ValueError as e:

@@ -5,7 +5,8 @@
 
 Running it again on the same workdir resumes from the latest checkpoint.
 Exit status: 0 finished, 1 error (bad flag or config value, missing or bad
-data, workdir in use, non-finite loss; one line `error: ...` on stderr), 143 stopped by SIGTERM and 130 by SIGINT
+data, workdir in use, non-finite loss, checkpoints unreadable or disk
+full; one line `error: ...` on stderr), 143 stopped by SIGTERM and 130 by SIGINT
 after writing a checkpoint (run the same command again to resume).
 """
 

@@ -27,6 +27,7 @@ from absl import logging
 from PIL import Image
 
 from fcn_jax import cli
+from fcn_jax.data import decode
 from fcn_jax import inference
 from fcn_jax import visualize
 from fcn_jax import writers
@@ -97,9 +98,13 @@ def predict_files(segmenter: inference.Segmenter, paths: list[str],
       report.warnings.extend(f'{path}: {note}' for note in notes)
       for note in notes:
         logging.warning('%s: %s', path, note)
-      probs = segmenter.probabilities(image, tta=tta, scales=scales,
-                                      window=window, overlap=overlap)
-      labels = np.argmax(probs, axis=-1).astype(np.uint8)
+      if probabilities:
+        probs = segmenter.probabilities(image, tta=tta, scales=scales,
+                                        window=window, overlap=overlap)
+        labels = np.argmax(probs, axis=-1).astype(np.uint8)
+      else:  # Bounded memory on huge images (tiles, a band at a time).
+        labels = segmenter.segment(image, tta=tta, scales=scales,
+                                   window=window, overlap=overlap)
       label_path = os.path.join(output, f'{stem}.png')
       visualize.save_label_png(label_path, labels, segmenter.palette)
       overlay_path = os.path.join(output, f'{stem}_overlay.png')
@@ -140,6 +145,7 @@ def main(argv):
   except ValueError:
     raise app.UsageError(f'--scales={",".join(FLAGS.scales)}: expected '
                          'numbers, e.g. 0.75,1,1.25.')
+  decode.set_max_image_pixels(FLAGS.max_image_pixels)
   paths = list_images(FLAGS.input)
   segmenter = inference.load_from_args(FLAGS.workdir, FLAGS.checkpoint, FLAGS.dtype,
                                         FLAGS.model, FLAGS.bucket)
@@ -178,6 +184,10 @@ def _define_flags():
                     'Image scales averaged with --tta.')
   flags.DEFINE_integer('window', 1024, 'Images with a side larger than this are '
                        'segmented in overlapping tiles of this size (0 = never).')
+  flags.DEFINE_integer('max_image_pixels', decode.DEFAULT_MAX_IMAGE_PIXELS,
+                       'Largest image read (width x height); larger files are '
+                       'refused as decompression bombs. Raise it for real '
+                       'gigapixel images (they are segmented in tiles).')
   flags.DEFINE_float('overlap', 1 / 3, 'Tile overlap, as a fraction of --window.')
   flags.DEFINE_enum('dtype', '', ['', 'float32', 'bfloat16'], 'Computation '
                     "dtype ('' = the training config's); bfloat16 is for "

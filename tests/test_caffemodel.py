@@ -7,6 +7,7 @@ with the PyTorch re-implementation of pytorch-fcn's FCNs in test_convert.
 
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -144,6 +145,11 @@ def test_malformed_fields_are_one_clear_error(tmp_path):
   blob = b'\x3a\x02\x08\x03' + b'\x2a\x08' + b'\x00' * 8  # shape (3,), 2 floats
   _expect_error(tmp_path, name + layer(b'\x0a\x01c' + b'\x3a' + _varint(
       len(blob)) + blob), r'shape \(3,\) needs 3 values, the blob holds 2')
+  # More axes than Caffe allows (32), as one packed list.
+  shape = b'\x0a\x28' + b'\x01' * 40
+  blob = b'\x3a' + _varint(len(shape)) + shape
+  _expect_error(tmp_path, name + layer(b'\x3a' + _varint(len(blob)) + blob),
+                'more than 32 values')
   # Packed floats whose byte count is not a multiple of 4.
   blob = b'\x2a\x03abc'
   _expect_error(tmp_path, name + layer(b'\x3a' + _varint(len(blob)) + blob),
@@ -174,7 +180,7 @@ def test_convert_cli_reports_a_bad_file_in_one_line(tmp_path):
   result = run_module('fcn_jax.convert', f'--input={path}', f'--output={out}')
   assert result.returncode == 1
   lines = [l for l in result.stderr.splitlines() if l.strip()]
-  assert lines[-1].startswith('Error: ') and str(path) in lines[-1]
+  assert lines[-1].startswith('error: ') and str(path) in lines[-1]
   assert 'Traceback' not in result.stderr and not out.exists()
 
 
@@ -260,7 +266,7 @@ def test_table_entries_are_filled_by_shape_and_layout(tmp_path):
 def test_caffemodel_fcn_logits_match_pytorch(tmp_path, variant, legacy):
   """At-once: bilinear upsampling (dropped, frozen model), layer form; 32s:
   learned random upsampling (kept), V1 form under an unofficial name."""
-  from test_convert import fcn_logits, rel_err, torch_fcn, WIDTH  # pylint: disable=g-import-not-at-top
+  from test_convert import rel_err, torch_fcn, WIDTH  # pylint: disable=g-import-not-at-top
   bilinear = variant == 'fcn8s-atonce'
   net = torch_fcn(variant, seed=3, bilinear=bilinear)
   layers = torch_layers(net)
@@ -278,7 +284,13 @@ def test_caffemodel_fcn_logits_match_pytorch(tmp_path, variant, legacy):
   assert metadata['caffe_format'] == ('layers' if legacy else 'layer')
   params, _ = convert.load_params(out)
   x = np.random.default_rng(5).normal(0, 60, (1, 35, 27, 3)).astype(np.float32)
-  ours, ref = fcn_logits(net, variant, params, x, learn_upsampling=not bilinear)
+  model = models.get_model(variant, 5, width=WIDTH,
+                           learn_upsampling=not bilinear)
+  # Jitted: one compilation instead of one per primitive.
+  ours = np.asarray(jax.jit(model.apply)({'params': params}, x))
+  with torch.no_grad():
+    ref = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+  ref = ref.transpose(0, 2, 3, 1)
   assert ours.shape == ref.shape == (1, 35, 27, 5)
   assert rel_err(ours, ref) < 1e-4
 

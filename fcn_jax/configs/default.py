@@ -14,7 +14,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
-  # Model: 'fcn32s', 'fcn16s', 'fcn8s' or 'fcn8s-atonce'.
+  # Model: 'fcn32s', 'fcn16s', 'fcn8s', 'fcn8s-atonce' (VGG16) or 'fcn-alexnet'.
   config.model = 'fcn8s'
   # Number of classes; -1 = take it from the dataset's meta data.
   config.num_classes = -1
@@ -129,6 +129,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.summary_images = 3
   # Checkpoints kept: the last `keep_checkpoints` plus the best by val mean IU.
   config.keep_checkpoints = 2
+  # Largest image decoded (width x height); larger files are refused as
+  # decompression bombs. Raise it for real gigapixel images.
+  config.max_image_pixels = 89_478_485
+  # Multi-process runs: every this many steps the processes agree whether a
+  # SIGTERM/SIGINT reached any of them, and then all save and stop at that
+  # step (a host-only exchange, no device sync). One process checks every step.
+  config.preemption_check_every_steps = 10
   # Non-finite loss or gradient: False = stop with an error (the last good
   # checkpoint stays); True = skip that update and count it (skipped_updates).
   config.skip_nonfinite = False
