@@ -273,4 +273,5 @@ def _define_flags():
 if __name__ == '__main__':
   from fcn_jax import cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  cli.run(main, user_errors=(ValueError, FileNotFoundError))
+  cli.run(main, user_errors=(ValueError, FileNotFoundError),
+          path_flags=('workdir', 'checkpoint', 'output'))

@@ -24,8 +24,10 @@ bfloat16 computation dtype (parameters stay float32).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging as std_logging
 import os
 import re
 from typing import Any, Sequence
@@ -37,8 +39,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from PIL import Image
+from PIL import ImageOps
 
 from fcn_jax import checkpointing
+from fcn_jax import dataset_info
 from fcn_jax import errors
 from fcn_jax import input_pipeline
 from fcn_jax import models
@@ -78,7 +82,9 @@ def read_image(path: str) -> tuple[np.ndarray, list[str]]:
     with Image.open(path) as image:
       decode.check_image_size(image, path, ImageError)
       image.load()  # Decode now: truncated files fail here, not later.
-      return to_rgb(image, name=path)
+      # Photos from phones and cameras are often stored sideways with an
+      # EXIF orientation tag; viewers rotate them, so must we.
+      return to_rgb(ImageOps.exif_transpose(image), name=path)
   except ImageError:
     raise
   except Image.DecompressionBombError as e:
@@ -544,6 +550,36 @@ def restore_params(path: str) -> dict:
   if not os.path.isdir(path):
     raise CheckpointError(f'{path}: checkpoint does not exist or is not a '
                           'directory.')
+  with _no_step_metadata_warning():
+    return _restore_params(path)
+
+
+class _StepMetadataFilter(std_logging.Filter):
+  """Drops Orbax's warning that an item directory has no step metadata.
+
+  The step's _CHECKPOINT_METADATA lives one level up (in the step directory,
+  written by the CheckpointManager); reading an item directory alone, as
+  `restore_params` does, makes Orbax warn about it on every load.
+  """
+
+  def filter(self, record) -> bool:
+    message = record.getMessage()
+    return not ('_CHECKPOINT_METADATA' in message and
+                'does not exist' in message)
+
+
+@contextlib.contextmanager
+def _no_step_metadata_warning():
+  logger = std_logging.getLogger('absl')
+  metadata_filter = _StepMetadataFilter()
+  logger.addFilter(metadata_filter)
+  try:
+    yield
+  finally:
+    logger.removeFilter(metadata_filter)
+
+
+def _restore_params(path: str) -> dict:
   checkpointer = ocp.PyTreeCheckpointer()
   errors = []
   for item in _item_dirs(path):
@@ -672,14 +708,19 @@ def _path(path) -> str:
   return '/'.join(str(getattr(k, 'key', k)) for k in path)
 
 
-def dataset_meta(config: ml_collections.ConfigDict,
-                 num_classes: int) -> tuple[tuple[str, ...], np.ndarray]:
+def dataset_meta(config: ml_collections.ConfigDict, num_classes: int,
+                 workdir: str | None = None
+                 ) -> tuple[tuple[str, ...], np.ndarray]:
   """Class names and palette for `config.dataset`.
 
-  Reads the dataset's meta data when the dataset is available here; otherwise
-  (e.g. predicting on a machine without the training data) VOC's names for 21
-  classes and numbered names else, with the VOC colour map.
+  Reads `<workdir>/dataset_info.json` (written by training) when there is
+  one; else the dataset's meta data when the dataset is available here;
+  otherwise (e.g. converted weights on a machine without the training data)
+  VOC's names for 21 classes and numbered names else, with the VOC colour map.
   """
+  info = dataset_info.load(workdir) if workdir else None
+  if info is not None and info['num_classes'] == num_classes:
+    return info['class_names'], info['palette']
   try:
     _, _, info = input_pipeline.create_datasets(config)
     if info.num_classes == num_classes:
@@ -763,7 +804,7 @@ def load(path: str, checkpoint: str | int = 'best', *,
   except ValueError as e:
     raise CheckpointError(f'{checkpoint_path}: cannot build the model: {e}')
   check_params_fit(model, params, checkpoint_path)
-  class_names, palette = dataset_meta(config, config.num_classes)
+  class_names, palette = dataset_meta(config, config.num_classes, config_dir)
   return Segmenter(model=model, params=params, config=config,
                    class_names=class_names, palette=palette,
                    checkpoint=checkpoint_path, bucket=bucket,

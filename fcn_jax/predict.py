@@ -9,8 +9,8 @@ map as a palette PNG of the input's size (pixel value = class index, VOC
 colours in the palette), `<output>/<stem>_overlay.png`, the colours blended
 over the photo, and with --probabilities one grey-level heat map per class,
 `<output>/<stem>_prob_<class>.png`. Images that cannot be read are reported
-by name and the others are still processed; the exit status is 1 if any
-image failed.
+by name and the others are still processed. Exit status: 0 all written, 2
+some images failed (the others were written), 1 a user error (one line).
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff',
                     '.webp', '.ppm', '.pgm', '.pbm')
 
 FLAGS = flags.FLAGS
+# Exit status when some inputs failed but the others were written.
+EXIT_SOME_FAILED = 2
 
 
 
@@ -166,7 +168,7 @@ def main(argv):
     print(f'{len(report.failures)} image(s) failed:', file=sys.stderr)
     for failure in report.failures:
       print(f'  {failure}', file=sys.stderr)
-    sys.exit(1)
+    sys.exit(EXIT_SOME_FAILED)
 
 
 def _define_flags():
@@ -206,4 +208,5 @@ def _define_flags():
 
 if __name__ == '__main__':
   _define_flags()
-  cli.run(main, user_errors=(ValueError, FileNotFoundError))
+  cli.run(main, user_errors=(ValueError, FileNotFoundError),
+          path_flags=('workdir', 'checkpoint', 'input', 'output'))

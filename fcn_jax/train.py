@@ -28,16 +28,18 @@ from flax.training import train_state
 
 from fcn_jax import checkpointing
 from fcn_jax import convert
+from fcn_jax import dataset_info
 from fcn_jax import fault_tolerance
 from fcn_jax import input_pipeline
 from fcn_jax import losses
 from fcn_jax import metrics as metrics_lib
 from fcn_jax import models
 from fcn_jax import sharding
+from fcn_jax import summaries
 from fcn_jax import writers
 
-OPTIMIZERS = ('sgd', 'adam')
-LR_SCHEDULES = ('constant', 'cosine')
+OPTIMIZERS = ('sgd', 'adam', 'adamw')
+LR_SCHEDULES = ('constant', 'cosine', 'poly')
 
 
 ConfigError = fault_tolerance.ConfigError
@@ -133,9 +135,13 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int):
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  decay_steps = max(1, config.num_train_steps - config.warmup_steps)
   if config.lr_schedule == 'cosine':
-    main = optax.cosine_decay_schedule(
-        config.learning_rate, max(1, config.num_train_steps - config.warmup_steps))
+    main = optax.cosine_decay_schedule(config.learning_rate, decay_steps)
+  elif config.lr_schedule == 'poly':
+    # mmsegmentation's default: lr * (1 - t / T) ** power, down to 0.
+    main = optax.polynomial_schedule(config.learning_rate, 0.0,
+                                     config.get('poly_power', 0.9), decay_steps)
   else:
     main = optax.constant_schedule(config.learning_rate)
   if config.warmup_steps <= 0:
@@ -166,12 +172,18 @@ def create_optimizer(config: ml_collections.ConfigDict,
   decay_mask = jax.tree_util.tree_map_with_path(_is_decayed_kernel, params)
   bias_mask = jax.tree_util.tree_map_with_path(_is_bias, params)
   schedule = learning_rate_schedule(config)
+  l2_decay = config.weight_decay
   if config.optimizer == 'sgd':
     optimizer = optax.sgd(schedule, momentum=config.momentum or None)
+  elif config.optimizer == 'adamw':
+    # Decoupled weight decay (same kernels) instead of the L2 gradient term.
+    optimizer = optax.adamw(schedule, weight_decay=config.weight_decay,
+                            mask=decay_mask)
+    l2_decay = 0.0
   else:
     optimizer = optax.adam(schedule)
   return optax.chain(
-      optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+      optax.add_decayed_weights(l2_decay, mask=decay_mask),
       optimizer,
       optax.masked(optax.scale(config.bias_lr_mult), bias_mask),
   )
@@ -346,13 +358,15 @@ def compile_steps(config, mesh):
 
 
 def evaluate(p_eval_step, state, source, batch_size: int, num_classes: int,
-             mesh, boundary_radius: int = 0, **batching) -> dict:
+             mesh, boundary_radius: int = 0, return_hist: bool = False,
+             **batching):
   """The paper's scores over a whole split, from one global histogram.
 
   With `boundary_radius` > 0 (and `p_eval_step` compiled with it), the scores
   also hold 'boundary_mean_iu': mean IU over the pixels within
   `boundary_radius` of a label boundary. `batching` (pad_multiple, pad_size)
-  goes to `input_pipeline.eval_batches`.
+  goes to `input_pipeline.eval_batches`. With `return_hist`, returns
+  (scores, the (C, C) confusion matrix).
   """
   shape = (num_classes, num_classes)
   if boundary_radius > 0:
@@ -363,11 +377,13 @@ def evaluate(p_eval_step, state, source, batch_size: int, num_classes: int,
     hist = p_eval_step(state, hist, batch)
   hist = jax.device_get(hist)
   if boundary_radius <= 0:
-    return metrics_lib.segmentation_scores(hist)
-  scores = metrics_lib.segmentation_scores(hist[0])
-  scores['boundary_mean_iu'] = metrics_lib.segmentation_scores(
-      hist[1])['mean_iu']
-  return scores
+    scores = metrics_lib.segmentation_scores(hist)
+  else:
+    scores = metrics_lib.segmentation_scores(hist[0])
+    scores['boundary_mean_iu'] = metrics_lib.segmentation_scores(
+        hist[1])['mean_iu']
+    hist = hist[0]
+  return (scores, hist) if return_hist else scores
 
 
 def _format_scores(scores: dict) -> str:
@@ -431,6 +447,7 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
         config, workdir, config.get('allow_config_change', False))
   if jax.process_index() == 0:
     save_config(config, workdir)
+    dataset_info.save(workdir, info.name, info.class_names, info.palette)
   logging.info('Devices: %d (%s), mesh %s', jax.device_count(),
                jax.devices()[0].platform, dict(mesh.shape))
   logging.info('Dataset %s: %d classes, %d train / %d val images.', info.name,
@@ -468,19 +485,26 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
   start_step = int(state.step)
 
   p_train_step, p_eval_step = compile_steps(config, mesh)
-  writer = writers.MetricWriter(workdir)
+  writer = writers.MetricWriter(workdir, class_names=info.class_names)
   cleanup.callback(writer.close)
+  schedule = learning_rate_schedule(config)
+  summary_examples, predict_fn = _summary_examples(config, val_source, state)
   dropout_rng = sharding.replicate(dropout_rng, mesh)
   faults = fault_tolerance.TestFaults.from_env()
 
   def run_eval(step):
     t0 = time.time()
-    scores = evaluate(p_eval_step, state, val_source, eval_batch_size,
-                      num_classes, mesh, config.get('boundary_radius', 0),
-                      **input_pipeline.batching_options(config, info))
+    scores, hist = evaluate(p_eval_step, state, val_source, eval_batch_size,
+                            num_classes, mesh, config.get('boundary_radius', 0),
+                            return_hist=True,
+                            **input_pipeline.batching_options(config, info))
     logging.info('Eval at step %d (%.1fs): %s', step, time.time() - t0,
                  _format_scores(scores))
     writer.write(step, 'val', scores)
+    if predict_fn is not None:
+      summaries.write_eval_images(writer, step, predict_fn, state.params,
+                                  summary_examples, hist, info.class_names,
+                                  info.palette)
     return scores
 
   scores = None
@@ -491,8 +515,14 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
     batch = faults.corrupt_batch(step, batch)
     batch_ids = batch.get('id')
     batch = sharding.shard_batch({k: batch[k] for k in ('image', 'label')}, mesh)
+    if step == start_step + 1:
+      logging.info('Compiling the train step (the first step includes it)...')
+      compile_start = time.time()
     state, step_metrics = p_train_step(state, batch, dropout_rng)
     step_metrics = jax.device_get(step_metrics)
+    if step == start_step + 1:
+      logging.info('First step done in %.1fs (compilation included).',
+                   time.time() - compile_start)
     if _is_finite(step_metrics):
       train_losses.append(step_metrics['loss'])
     else:
@@ -511,13 +541,15 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
       record['loss'] = (float(np.mean(train_losses)) if train_losses
                         else float('nan'))
       record['steps_per_sec'] = rate
+      # The rate of this step's update (optax counts updates from 0).
+      record['learning_rate'] = float(schedule(step - 1))
       if config.get('skip_nonfinite', False):
         record['skipped_updates'] = int(jax.device_get(state.skipped_updates))
       train_losses = []
       writer.write(step, 'train', record)
-      logging.info('Step %d/%d: loss %.4f, %.2f steps/s, ETA %s', step,
-                   config.num_train_steps, record['loss'], rate,
-                   _format_duration(eta))
+      logging.info('Step %d/%d: loss %.4f, lr %.3g, %.2f steps/s, ETA %s',
+                   step, config.num_train_steps, record['loss'],
+                   record['learning_rate'], rate, _format_duration(eta))
 
     is_last = step == config.num_train_steps
     if step % config.eval_every_steps == 0 or is_last:
@@ -595,7 +627,23 @@ def _stop_on_signal(signum, manager, workdir, step, state, train_iter) -> None:
 
 
 def _format_duration(seconds: float) -> str:
+  """'4m05s', or '3h07m' from an hour on."""
   if not np.isfinite(seconds):
     return '?'
   minutes, seconds = divmod(int(seconds), 60)
+  if minutes >= 60:
+    hours, minutes = divmod(minutes, 60)
+    return f'{hours}h{minutes:02d}m'
   return f'{minutes}m{seconds:02d}s'
+
+
+def _summary_examples(config, val_source, state):
+  """The validation examples shown in TensorBoard, and a predict function.
+
+  Single-process runs only (the pictures are drawn by process 0 alone).
+  """
+  count = min(config.get('summary_images', 0), len(val_source))
+  if count <= 0 or jax.process_count() > 1:
+    return [], None
+  examples = [val_source[i] for i in range(count)]
+  return examples, summaries.make_predict_fn(state.apply_fn)
