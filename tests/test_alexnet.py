@@ -107,6 +107,17 @@ def test_logits_have_the_input_size_for_many_sizes():
     assert out.shape == (1, h, w, 3), (h, w)
 
 
+def test_full_width_parameter_count_matches_the_reference_net():
+  # net.py at full width: (out, in / group, k, k) weights plus biases.
+  convs = [(96, 3, 11), (256, 48, 5), (384, 256, 3), (384, 192, 3),
+           (256, 192, 3), (4096, 256, 6), (4096, 4096, 1), (21, 4096, 1)]
+  want = sum(o * i * k * k + o for o, i, k in convs)
+  model = models.get_model('fcn-alexnet', 21)
+  shapes = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0)))
+  assert sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)) == want
+  assert shapes['conv2']['kernel'].shape == (5, 5, 48, 256)  # group 2
+
+
 class TorchFCNAlexNet(tnn.Module if torch is not None else object):
   """voc-fcn-alexnet's forward in PyTorch, reduced width."""
 
@@ -185,7 +196,7 @@ def test_logits_match_pytorch(converted, bilinear, size):
                            learn_upsampling=not bilinear)
   x = np.random.default_rng(7).normal(0, 60, (1,) + size + (3,)).astype(
       np.float32)
-  ours = np.asarray(model.apply({'params': params}, jnp.asarray(x)))
+  ours = np.asarray(jax.jit(model.apply)({'params': params}, jnp.asarray(x)))
   with torch.no_grad():
     ref = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
   ref = ref.transpose(0, 2, 3, 1)

@@ -9,6 +9,7 @@ score.py formulas), reading the images and labels with PIL.
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
@@ -50,6 +51,7 @@ def _alexnet_layers(rng):
 
 def _scores_by_hand(params):
   model = models.get_model('fcn-alexnet', 21, width=WIDTH)
+  apply = jax.jit(model.apply)
   hist = np.zeros((21, 21), np.int64)
   for image_id in IDS:
     rgb = np.asarray(Image.open(os.path.join(VOC_MINI, 'JPEGImages',
@@ -57,7 +59,7 @@ def _scores_by_hand(params):
     label = np.asarray(Image.open(os.path.join(VOC_MINI, 'SegmentationClass',
                                                image_id + '.png')))
     x = rgb[..., ::-1].astype(np.float32) - np.float32(models.MEAN_BGR)
-    logits = model.apply({'params': params}, jnp.asarray(x[None]))
+    logits = apply({'params': params}, jnp.asarray(x[None]))
     pred = np.asarray(logits)[0].argmax(-1)
     keep = label != 255
     hist += np.bincount(21 * label[keep].astype(int) + pred[keep],
@@ -80,6 +82,8 @@ def test_reproduce_cli_table(tmp_path):
                    'fcn-alexnet-pascal.caffemodel', layers)
   (weights / 'fcn8s-heavy-pascal.caffemodel').write_bytes(b'\x0a\x03ab')
   (weights / 'siftflow-fcn16s-heavy.caffemodel').write_bytes(b'unused')
+  # pytorch-fcn's name for FCN-32s, but not its bytes: the checksum refuses it.
+  (weights / 'fcn32s_from_caffe.pth').write_bytes(b'not the official file')
   out = tmp_path / 'out'
   result = run_module('fcn_jax.reproduce', f'--weights_dir={weights}',
                       f'--data_dir={VOC_MINI}', '--split=val',
@@ -87,14 +91,16 @@ def test_reproduce_cli_table(tmp_path):
   # The broken file is an error row, so the command fails, after the table.
   assert result.returncode == 1, result.stderr[-2000:]
   last = result.stderr.strip().splitlines()[-1]
-  assert last == ('error: fcn8s-heavy-pascal.caffemodel: could not be '
-                  'evaluated (see the status column).')
+  assert last == ('error: fcn32s_from_caffe.pth, fcn8s-heavy-pascal.caffemodel: '
+                  'could not be evaluated (see the status column).')
   rows = {r['model']: r for r in json.loads(
       (out / 'reproduce.json').read_text())['rows']}
   assert list(rows) == reproduce.reproducible_models()
-  assert rows['voc-fcn32s']['status'] == 'missing'
-  assert rows['voc-fcn32s']['file'] == ('fcn32s-heavy-pascal.caffemodel or '
-                                        'fcn32s_from_caffe.pth')
+  assert rows['voc-fcn16s']['status'] == 'missing'
+  assert rows['voc-fcn16s']['file'] == ('fcn16s-heavy-pascal.caffemodel or '
+                                        'fcn16s_from_caffe.pth')
+  assert rows['voc-fcn32s']['file'] == 'fcn32s_from_caffe.pth'
+  assert 'does not match the official' in rows['voc-fcn32s']['status']
   assert rows['voc-fcn8s']['status'].startswith('error: ')
   assert 'fcn8s-heavy-pascal.caffemodel' in rows['voc-fcn8s']['status']
   assert rows['siftflow-fcn16s']['status'] == 'needs dataset siftflow'
