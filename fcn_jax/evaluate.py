@@ -36,6 +36,7 @@ from ml_collections import config_flags
 from fcn_jax import inference
 from fcn_jax import input_pipeline
 from fcn_jax import metrics as metrics_lib
+from fcn_jax import tasks
 from fcn_jax import visualize
 from fcn_jax import writers
 from fcn_jax.configs import default as default_config
@@ -97,6 +98,41 @@ def evaluate_segmenter(segmenter: inference.Segmenter, source,
       _progress(index + 1, total, start)
   scores = metrics_lib.segmentation_scores(hist)
   scores.update(confusion_matrix=hist.tolist(), num_images=total,
+                compilations=segmenter.num_compilations - compiled_before,
+                seconds=time.time() - start)
+  return scores
+
+
+def evaluate_heads(segmenter: inference.Segmenter, source,
+                   head_sizes: dict[str, int], max_images: int = 0,
+                   progress: bool = True,
+                   present_only: bool = False) -> dict[str, Any]:
+  """`evaluate_segmenter` for sources of preprocessed model inputs and
+  models with several heads (NYUDv2, SIFT Flow): one histogram per head.
+
+  Returns tasks.scores_of (the main head's scores, 'geo_'-prefixed ones of
+  the geometric head) plus 'confusion_matrix' (and 'geo_confusion_matrix'),
+  'num_images', 'compilations' and 'seconds'.
+  """
+  total = len(source) if not max_images else min(max_images, len(source))
+  if total == 0:
+    raise ValueError('The split holds no images.')
+  hists = {k: np.zeros((c, c), np.int64) for k, c in head_sizes.items()}
+  compiled_before = segmenter.num_compilations
+  start = time.time()
+  for index in range(total):
+    example = source[index]
+    logits = segmenter.head_logits(example['image'])
+    for key, hist in hists.items():
+      hist += confusion(example[key], np.argmax(logits[key], axis=-1),
+                        hist.shape[0])
+    if progress:
+      _progress(index + 1, total, start)
+  scores = tasks.scores_of(hists if len(hists) > 1 else hists['label'],
+                           present_only)
+  for key, hist in hists.items():
+    scores[key[:-len('label')] + 'confusion_matrix'] = hist.tolist()
+  scores.update(num_images=total,
                 compilations=segmenter.num_compilations - compiled_before,
                 seconds=time.time() - start)
   return scores
@@ -166,8 +202,17 @@ def run(workdir: str, checkpoint: str = 'best', split: str = 'val',
   step = inference.checkpoint_step(segmenter.checkpoint)
   logging.info('Evaluating %s (step %s) on %s/%s: %d images.',
                segmenter.checkpoint, step, info.name, split, len(source))
-  scores = evaluate_segmenter(segmenter, source, max_images, progress,
-                              **predict_kwargs)
+  if tasks.uses_model_input(config):
+    if predict_kwargs.get('tta') or predict_kwargs.get('window'):
+      raise ValueError(f'--tta and --window are not available for '
+                       f'{info.name} models (other inputs or two heads).')
+    sizes = dict({'label': info.num_classes},
+                 **{k: len(n) for k, n in info.extra_heads})
+    scores = evaluate_heads(segmenter, source, sizes, max_images, progress,
+                            info.present_classes_only)
+  else:
+    scores = evaluate_segmenter(segmenter, source, max_images, progress,
+                                **predict_kwargs)
   extra = dict(checkpoint=segmenter.checkpoint, dataset=info.name,
                model=config.model)
   json_path, png_path = write_results(scores, class_names,
@@ -178,7 +223,16 @@ def run(workdir: str, checkpoint: str = 'best', split: str = 'val',
   print(f'  mean accuracy       {_pct(scores["mean_acc"])}')
   print(f'  mean IU             {_pct(scores["mean_iu"])}')
   print(f'  frequency-weighted  {_pct(scores["fwavacc"])}')
+  if 'num_classes_scored' in scores:
+    print(f'  (mean accuracy and mean IU over the {scores["num_classes_scored"]}'
+          f' of {len(class_names)} classes present in the ground truth)')
   print(per_class_table(scores, class_names))
+  if 'geo_overall_acc' in scores:
+    print('geometric:')
+    for name, key in (('pixel accuracy', 'overall_acc'),
+                      ('mean accuracy', 'mean_acc'), ('mean IU', 'mean_iu'),
+                      ('frequency-weighted', 'fwavacc')):
+      print(f'  {name:<19} {_pct(scores["geo_" + key])}')
   print(f'{scores["compilations"]} compilation(s), {scores["seconds"]:.1f}s. '
         f'Wrote {json_path} and {png_path}.')
   with open(json_path) as f:

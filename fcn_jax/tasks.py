@@ -22,6 +22,7 @@ from fcn_jax import metrics as metrics_lib
 from fcn_jax import models
 from fcn_jax import multi_models
 from fcn_jax.data import nyud
+from fcn_jax.data import pascal_context
 from fcn_jax.data import siftflow
 
 # Variants of the two-stream NYUDv2 model (the reference has FCN-32s; the
@@ -191,3 +192,47 @@ def init_from(params, config: ml_collections.ConfigDict):
   merged, _ = convert.merge_params(jax.device_get(params), source)
   return jax.tree.map(lambda new, old: jax.device_put(new, old.sharding)
                       if hasattr(old, 'sharding') else new, merged, params)
+
+
+# ---------------------------------------------------------------------------
+# Inputs of one image at inference time (predict, evaluate).
+
+
+def shipped_class_names(dataset: str) -> tuple[str, ...] | None:
+  """The class names fcn_jax ships for `dataset` (None if it ships none)."""
+  readers = {'nyud': nyud.class_names, 'siftflow': siftflow.class_names,
+             'pascal_context': pascal_context.class_names}
+  return readers[dataset]() if dataset in readers else None
+
+
+def uses_model_input(config: ml_collections.ConfigDict) -> bool:
+  """Whether the model reads `model_input` instead of one RGB photo with the
+  ImageNet mean (NYUDv2, SIFT Flow: other means, modalities or heads)."""
+  return config.get('dataset') in ('nyud', 'siftflow')
+
+
+def extra_modalities(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """Modalities besides the colour photo the model needs ('hha', 'depth')."""
+  if config.get('dataset') != 'nyud':
+    return ()
+  return tuple(m for m in nyud.MODALITIES[input_mode(config)] if m != 'color')
+
+
+def model_input(config: ml_collections.ConfigDict, rgb: np.ndarray,
+                extras: dict[str, np.ndarray] | None = None) -> np.ndarray:
+  """The preprocessed (H, W, C) float32 input of one image, as the training
+  data source makes it: `rgb` is the (H, W, 3) uint8 photo, `extras` the
+  arrays of `extra_modalities` ('hha': (H, W, 3) uint8, 'depth': (H, W))."""
+  if config.get('dataset') == 'siftflow':
+    return siftflow.preprocess_image(rgb)
+  return nyud.preprocess_inputs(input_mode(config), color=rgb,
+                                **(extras or {}))
+
+
+def head_class_names(config: ml_collections.ConfigDict,
+                     class_names: tuple[str, ...]) -> dict[str, tuple]:
+  """{label key: class names} of every head of the model of `config`."""
+  names = {'label': tuple(class_names)}
+  if config.get('dataset') == 'siftflow':
+    names['geo_label'] = siftflow.geo_class_names()
+  return names

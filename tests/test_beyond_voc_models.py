@@ -11,13 +11,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from fcn_jax import convert
+from fcn_jax import evaluate
+from fcn_jax import inference
 from fcn_jax import metrics
 from fcn_jax import models
 from fcn_jax import tasks
+from fcn_jax import predict
 from fcn_jax import train
 from fcn_jax.configs import default
+from fcn_jax.data import nyud
+from fcn_jax.data import siftflow
 
 import beyond_voc_testutil as util
 
@@ -223,7 +229,8 @@ def _train_from_cli(workdir, config_file, data_dir, *flags):
       f'--config.width={WIDTH}', '--config.init_from=',
       '--config.num_train_steps=2', '--config.eval_every_steps=2',
       '--config.checkpoint_every_steps=2', '--config.log_every_steps=1',
-      '--config.learning_rate=1e-3', '--config.data_workers=0'] + list(flags)
+      '--config.learning_rate=1e-3', '--config.data_workers=0',
+      '--config.fast_ops=off', '--config.boundary_radius=0'] + list(flags)
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600, check=False)
@@ -234,28 +241,84 @@ def _train_from_cli(workdir, config_file, data_dir, *flags):
   return records, result.stderr
 
 
-def test_nyud_two_stream_trains_from_the_cli(tmp_path):
+@pytest.fixture(scope='module')
+def nyud_run(tmp_path_factory):
+  """A two-step RGB-HHA run from the command line (fixture and log)."""
+  tmp_path = tmp_path_factory.mktemp('nyud')
   base, _ = util.write_nyud(tmp_path, {'trainval': ['1', '2'], 'test': ['3']},
                             size=(32, 32))
   records, log = _train_from_cli(tmp_path / 'run', 'nyud_fcn32s_color_hha.py',
                                  base, '--config.init_from_hha=')
-  assert 'Dataset nyud: 40 classes, 2 train / 1 val images.' in log
-  val = [r for r in records if 'mean_iu' in json.dumps(r)]
-  assert val and 'geo_mean_iu' not in json.dumps(val)
+  return tmp_path / 'run', base, records, log
 
 
-def test_siftflow_two_heads_train_and_report_both_from_the_cli(tmp_path):
+@pytest.fixture(scope='module')
+def siftflow_run(tmp_path_factory):
+  tmp_path = tmp_path_factory.mktemp('siftflow')
   base, _ = util.write_siftflow(tmp_path, {'trainval': ['a', 'b'],
                                            'test': ['c']})
-  records, log = _train_from_cli(tmp_path / 'run', 'siftflow_fcn16s.py', base)
+  records, log = _train_from_cli(tmp_path / 'run', 'siftflow_fcn32s.py', base)
+  return tmp_path / 'run', base, records, log
+
+
+def _final_val(records):
+  return [r for r in records if 'mean_iu' in json.dumps(r)][-1]
+
+
+def _value(record, key):
+  return next(v for k, v in record.items() if k.split('/')[-1] == key)
+
+
+def test_nyud_two_stream_trains_from_the_cli(nyud_run):
+  _, _, records, log = nyud_run
+  assert 'Dataset nyud: 40 classes, 2 train / 1 val images.' in log
+  assert 'geo_mean_iu' not in json.dumps(records)
+
+
+def test_nyud_two_stream_evaluates_and_predicts_with_hha(nyud_run, tmp_path):
+  workdir, base, records, _ = nyud_run
+  record = evaluate.run(str(workdir), output_dir=str(tmp_path / 'eval'),
+                        progress=False)
+  # Per image (evaluate) and padded batches (training's evaluation) agree.
+  assert record['mean_iu'] == pytest.approx(
+      _value(_final_val(records), 'mean_iu'), abs=1e-6)
+  segmenter = inference.load(str(workdir))
+  photo = base / 'data' / 'images' / 'img_3.png'
+  report = predict.predict_files(segmenter, [str(photo)], str(tmp_path / 'out'),
+                                 modality_dirs={'hha': str(base / 'data/hha')})
+  assert not report.failures, report.failures
+  source = nyud.NYUDSource(str(base), 'test', 'color-hha')
+  expected = np.argmax(segmenter.head_logits(source[0]['image'])['label'], -1)
+  np.testing.assert_array_equal(
+      np.asarray(Image.open(tmp_path / 'out' / 'img_3.png')), expected)
+  report = predict.predict_files(segmenter, [str(photo)], str(tmp_path / 'o2'))
+  assert len(report.failures) == 1 and '--hha=FOLDER' in report.failures[0]
+
+
+def test_siftflow_two_heads_train_evaluate_and_predict(siftflow_run, tmp_path):
+  workdir, base, records, log = siftflow_run
   assert 'classes present in the ground truth' in log
   assert 'geometric: overall_acc=' in log
-  text = json.dumps(records)
-  assert 'geo_mean_iu' in text and 'num_classes_scored' in text
+  final = _final_val(records)
+  record = evaluate.run(str(workdir), output_dir=str(tmp_path / 'eval'),
+                        progress=False)
+  for key in ('mean_iu', 'geo_mean_iu', 'geo_overall_acc',
+              'num_classes_scored'):
+    assert record[key] == pytest.approx(_value(final, key), abs=1e-6), key
+  segmenter = inference.load(str(workdir))
+  photo = base / 'Images' / util.SIFTFLOW_SUBDIR / 'c.jpg'
+  report = predict.predict_files(segmenter, [str(photo)], str(tmp_path / 'out'))
+  assert not report.failures, report.failures
+  source = siftflow.SIFTFlowSource(str(base), 'test')
+  logits = segmenter.head_logits(source[0]['image'])
+  for name, key in (('c.png', 'label'), ('c_geo.png', 'geo_label')):
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(tmp_path / 'out' / name)),
+        np.argmax(logits[key], -1))
 
 
 def test_pascal_context_trains_from_the_cli(tmp_path):
   root, _ = util.write_pascal_context(tmp_path, {'train': ['a', 'b'],
                                                  'val': ['c']})
-  _, log = _train_from_cli(tmp_path / 'run', 'pascalcontext_fcn8s.py', root)
+  _, log = _train_from_cli(tmp_path / 'run', 'pascalcontext_fcn32s.py', root)
   assert 'Dataset pascal_context: 60 classes, 2 train / 1 val images.' in log
