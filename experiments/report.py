@@ -1,6 +1,7 @@
 """Tables and plots of a sweep: one row per setting, mean +- std over seeds.
 
     python -m experiments.report runs/sweeps/<name> [--out=DIR]
+        [--baseline=SETTING]
 
 Reads `<sweep>/sweep.json` and every run's sweep_run.json, metrics.jsonl and
 config.json (written by experiments.sweep and fcn_jax.main) and writes to the
@@ -15,6 +16,12 @@ sweep directory (or --out):
                against the step, mean over seeds with a +-std band;
   bars.png     final mean IU (and boundary mean IU) per setting with std
                error bars.
+
+With --baseline=SETTING (a setting name as the table shows it, e.g.
+model=fcn32s) the table gains a column: each setting's mean IU minus the
+baseline's, with its 95% paired bootstrap interval over the validation
+images (experiments.compare; the final checkpoint of every run is
+evaluated once and cached in its workdir).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from experiments import sweep as sweep_lib
+from fcn_jax import cli
 
 SCORES = ('overall_acc', 'mean_acc', 'mean_iu', 'fwavacc', 'boundary_mean_iu')
 SCORE_TITLES = {'overall_acc': 'pixel acc.', 'mean_acc': 'mean acc.',
@@ -181,19 +189,29 @@ def _plain(stat: tuple[float, float, int], digits: int = 0) -> str:
 
 
 def markdown_table(rows: Sequence[dict], names: Sequence[str],
-                   runs: Sequence[Run]) -> str:
-  """The Markdown report: scores table, per-class table, problem runs."""
+                   runs: Sequence[Run], baseline: str | None = None,
+                   comparisons: dict | None = None) -> str:
+  """The Markdown report: scores table, per-class table, problem runs.
+
+  With `comparisons` ({setting: experiments.compare.paired_bootstrap result
+  against the `baseline` setting}), a column with the mean IU difference and
+  its interval.
+  """
   scores = [k for k in SCORES
             if any(row[k][2] for row in rows) or k != 'boundary_mean_iu']
   lines = ['Scores in percent, mean ± std over seeds (sample std, ddof=1).', '']
   header = (['setting', 'seeds'] + [SCORE_TITLES[k] for k in scores]
             + ['wall time (s)', 'steps/s'])
+  if comparisons is not None:
+    header.append(f'mean IU - `{baseline}` (95% CI)')
   lines += ['| ' + ' | '.join(header) + ' |',
             '|' + '---|' * len(header)]
   for row in rows:
     cells = ([f'`{row["setting"]}`', _seeds_cell(row)]
              + [_pct(row[k]) for k in scores]
              + [_plain(row['wall_s']), _plain(row['steps_per_sec'], 2)])
+    if comparisons is not None:
+      cells.append(_comparison_cell(row['setting'], baseline, comparisons))
     lines.append('| ' + ' | '.join(cells) + ' |')
   if names:
     lines += ['', 'Per-class IU (percent, mean ± std over seeds).', '']
@@ -203,6 +221,9 @@ def markdown_table(rows: Sequence[dict], names: Sequence[str],
       cells = [_pct(s) for s in row['per_class_iu']]
       cells += ['n/a'] * (len(names) - len(cells))
       lines.append(f'| `{row["setting"]}` | ' + ' | '.join(cells) + ' |')
+  if comparisons is not None:
+    lines += ['', f'Differences to `{baseline}`: paired bootstrap over the '
+              'validation images (experiments.compare), final checkpoints.']
   problems = [r for r in runs if not r.finished]
   if problems:
     lines += ['', 'Runs not in the table:', '']
@@ -211,6 +232,41 @@ def markdown_table(rows: Sequence[dict], names: Sequence[str],
                 'running': 'running or interrupted'}.get(run.status, run.status)
       lines.append(f'- `{run.name}`: {status} (log: `{run.log}`)')
   return '\n'.join(lines) + '\n'
+
+
+def _comparison_cell(setting: str, baseline: str, comparisons: dict) -> str:
+  if setting == baseline:
+    return 'baseline'
+  result = comparisons.get(setting)
+  if result is None:
+    return 'n/a'
+  from experiments import compare  # pylint: disable=g-import-not-at-top
+  return compare.format_interval(result)
+
+
+def compare_to_baseline(sweep_dir: str, runs: Sequence[Run], baseline: str,
+                        num_resamples: int = 2000) -> dict[str, dict]:
+  """{setting: paired bootstrap of its finished seeds against the baseline
+  setting's}, on the final checkpoints."""
+  from experiments import compare  # pylint: disable=g-import-not-at-top
+  by_setting = collections.OrderedDict()
+  for run in runs:
+    if run.finished:
+      by_setting.setdefault(run.setting, []).append(
+          os.path.join(sweep_dir, run.name))
+  if baseline not in by_setting:
+    raise ValueError(f'--baseline={baseline!r}: no finished runs of that '
+                     f'setting; settings: {list(by_setting)}.')
+  base, _ = compare.side_confusions(by_setting[baseline], 'latest', 'val', 0)
+  results = {}
+  for setting, workdirs in by_setting.items():
+    if setting == baseline:
+      continue
+    hists, _ = compare.side_confusions(workdirs, 'latest', 'val', 0)
+    compare.check_same_images([by_setting[baseline][0], workdirs[0]],
+                              [base[0], hists[0]])
+    results[setting] = compare.paired_bootstrap(base, hists, num_resamples)
+  return results
 
 
 def _seeds_cell(row: dict) -> str:
@@ -312,8 +368,13 @@ def plot(runs: Sequence[Run], rows: Sequence[dict], out_dir: str) -> list[str]:
   return [curves, bars]
 
 
-def write_report(sweep_dir: str, out_dir: str | None = None) -> dict[str, str]:
-  """Writes report.md, report.csv and the plots; returns their paths."""
+def write_report(sweep_dir: str, out_dir: str | None = None,
+                 baseline: str | None = None) -> dict[str, str]:
+  """Writes report.md, report.csv and the plots; returns their paths.
+
+  With `baseline` (a setting), report.md gains the column of
+  `compare_to_baseline`.
+  """
   out_dir = out_dir or sweep_dir
   os.makedirs(out_dir, exist_ok=True)
   runs = load_runs(sweep_dir)
@@ -324,7 +385,9 @@ def write_report(sweep_dir: str, out_dir: str | None = None) -> dict[str, str]:
            'csv': os.path.join(out_dir, 'report.csv')}
   with open(paths['md'], 'w') as f:
     f.write(f'# Sweep `{os.path.basename(os.path.normpath(sweep_dir))}`\n\n')
-    f.write(markdown_table(rows, names, runs))
+    comparisons = (compare_to_baseline(sweep_dir, runs, baseline)
+                   if baseline else None)
+    f.write(markdown_table(rows, names, runs, baseline, comparisons))
     f.write('\n![learning curves](curves.png)\n\n![final scores](bars.png)\n')
   write_csv(paths['csv'], rows, names)
   paths['curves'], paths['bars'] = plot(runs, rows, out_dir)
@@ -332,13 +395,26 @@ def write_report(sweep_dir: str, out_dir: str | None = None) -> dict[str, str]:
 
 
 def main(argv: Sequence[str]) -> int:
-  args = [a for a in argv[1:] if not a.startswith('--out=')]
-  outs = [a.split('=', 1)[1] for a in argv[1:] if a.startswith('--out=')]
+  if any(a in ('-h', '--help', '--helpshort', '--helpfull') for a in argv[1:]):
+    print(__doc__)
+    return 0
+  options = {'--out': None, '--baseline': None}
+  args = []
+  for arg in argv[1:]:
+    name, sep, value = arg.partition('=')
+    if sep and name in options:
+      options[name] = value
+    else:
+      args.append(arg)
   if len(args) != 1:
-    print('usage: python -m experiments.report SWEEP_DIR [--out=DIR]',
-          file=sys.stderr)
+    print('usage: python -m experiments.report SWEEP_DIR [--out=DIR] '
+          '[--baseline=SETTING]', file=sys.stderr)
     return 2
-  paths = write_report(args[0], outs[-1] if outs else None)
+  try:
+    paths = write_report(args[0], options['--out'], options['--baseline'])
+  except ValueError as e:
+    print(f'Error: {e}', file=sys.stderr)
+    return 1
   with open(paths['md']) as f:
     print(f.read())
   print('Wrote ' + ', '.join(paths.values()))
@@ -346,4 +422,4 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main(sys.argv))
+  sys.exit(cli.catch_user_errors(main, user_errors=(OSError,))(sys.argv))

@@ -38,6 +38,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from fcn_jax import cli
+
 DEFAULT_CONFIG = 'fcn_jax/configs/default.py'
 RUN_FILE = 'sweep_run.json'
 SWEEP_FILE = 'sweep.json'
@@ -382,4 +384,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -30,8 +30,10 @@ import sys
 import time
 from typing import Any, Callable
 
-from absl import app
 from absl import flags
+
+from fcn_jax import cli
+from fcn_jax import errors
 
 _SIZES = flags.DEFINE_list(
     'sizes', ['256x256', '500x375'],
@@ -73,9 +75,9 @@ def parse_size(text: str) -> tuple[int, int]:
   try:
     w, h = (int(v) for v in text.lower().split('x'))
   except ValueError:
-    raise ValueError(f'--sizes: {text!r} is not WIDTHxHEIGHT, e.g. 500x375.')
+    raise errors.FlagError(f'--sizes: {text!r} is not WIDTHxHEIGHT, e.g. 500x375.')
   if w < 1 or h < 1:
-    raise ValueError(f'--sizes: {text!r} must be positive.')
+    raise errors.FlagError(f'--sizes: {text!r} must be positive.')
   return h, w
 
 
@@ -694,4 +696,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -13,6 +13,10 @@ Sources:
   1x1 convolutions: the paper's convolutionalization.
 * FCN-32s/16s/8s/8s-at-once weights of wkentaro/pytorch-fcn
   (``from_torchfcn``), e.g. its ``fcn8s_from_caffe.pth``.
+* The reference's own Caffe ``.caffemodel`` files (format detected from the
+  file; see fcn_jax/caffemodel.py for the reader and fcn_jax/caffe_models.py
+  for the released models and their layer tables), e.g.
+  ``fcn8s-heavy-pascal.caffemodel`` or ``VGG_ILSVRC_16_layers.caffemodel``.
 
 ``.pth`` files are read WITHOUT torch by a restricted unpickler that only
 rebuilds tensors (it refuses every other global, so a malicious pickle cannot
@@ -28,8 +32,9 @@ import hashlib
 import json
 import os
 import pickle
-import sys
+import struct
 import zipfile
+import zlib
 from typing import Any, Mapping
 
 import jax
@@ -38,6 +43,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from fcn_jax import checkpointing
+from fcn_jax import errors
 from fcn_jax import models
 
 # Known weight files: official source, checksum, format and FCN variant.
@@ -68,7 +74,7 @@ KNOWN_WEIGHTS = {
         variant='fcn8s-atonce'),
 }
 
-FORMATS = ('vgg16-caffe', 'vgg16-torchvision', 'torchfcn')
+FORMATS = ('vgg16-caffe', 'vgg16-torchvision', 'torchfcn', 'caffemodel')
 
 # torchvision's input normalization (RGB, [0, 1] scale).
 TORCHVISION_MEAN_RGB = (0.485, 0.456, 0.406)
@@ -111,6 +117,17 @@ _STORAGE_DTYPES = {
 }
 _LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
 _LEGACY_PROTOCOL = 1001
+# A tensor may hold more elements than its storage only through overlapping
+# (stride-0, expanded) views; state dicts have none. Above this size such a
+# view is refused: it would allocate what the file only declares.
+MAX_EXPANDED_TENSOR_BYTES = 64 << 20
+# torch stores storages uncompressed; a zip entry that inflates more than
+# this (and is large) is a decompression bomb.
+MAX_ZIP_INFLATION = 100
+
+
+class WeightsFileError(pickle.UnpicklingError, ValueError, errors.UserError):
+  """A weights file is malformed, truncated or declares absurd sizes."""
 
 
 class _StorageType:
@@ -143,9 +160,20 @@ class _TensorRef:
     shape, stride = self.size, self.stride
     # Bounds check before as_strided: a crafted file must not read outside
     # the storage.
-    if (len(shape) != len(stride) or self.offset < 0
+    if (not all(type(v) is int for v in shape + stride + (self.offset,))  # pylint: disable=unidiomatic-typecheck
+        or len(shape) != len(stride) or self.offset < 0
         or any(s < 0 for s in stride) or any(n < 0 for n in shape)):
       raise pickle.UnpicklingError(f'{source}: malformed tensor layout.')
+    if data is None:
+      raise pickle.UnpicklingError(f'{source}: tensor of a storage that the '
+                                   'file does not contain.')
+    numel = int(np.prod(shape, dtype=object)) if shape else 1
+    if (numel > data.size and
+        numel * data.itemsize > MAX_EXPANDED_TENSOR_BYTES):
+      raise pickle.UnpicklingError(
+          f'{source}: tensor of shape {shape} ({numel} elements) views a '
+          f'storage of only {data.size} (stride-0 / overlapping view); '
+          'refusing to expand it.')
     if 0 not in shape:
       last = self.offset + sum((n - 1) * s for n, s in zip(shape, stride))
       if last >= data.size:
@@ -239,7 +267,13 @@ def _load_zip(path: str):
     def load_storage(dtype, key, unused_location, numel, *unused):
       if key not in storages:
         storage = _Storage(dtype, numel)
-        raw = archive.read(f'{root}data/{key}')
+        info = archive.getinfo(f'{root}data/{key}')
+        if (info.file_size > MAX_EXPANDED_TENSOR_BYTES and
+            info.file_size > MAX_ZIP_INFLATION * max(info.compress_size, 1)):
+          raise pickle.UnpicklingError(
+              f'{path}: storage {key} inflates from {info.compress_size} to '
+              f'{info.file_size} bytes (a decompression bomb?).')
+        raw = archive.read(info)
         data = np.frombuffer(raw, dtype.newbyteorder(
             '<' if byteorder == 'little' else '>'))
         storage.data = data.astype(dtype.newbyteorder('='), copy=False)
@@ -294,18 +328,32 @@ def _load_legacy(path: str):
 
     obj = _RestrictedUnpickler(f, path, load_storage).load()
     keys = _RestrictedUnpickler(f, path, None).load()
+    file_size = os.fstat(f.fileno()).st_size
+    if not isinstance(keys, list) or any(k not in storages for k in keys):
+      raise ValueError(f'{path}: corrupt storage list.')
     for key in keys:
       storage = storages[key]
-      numel = int(np.frombuffer(f.read(8), '<i8')[0])
+      header = f.read(8)
+      numel = int(np.frombuffer(header, '<i8')[0]) if len(header) == 8 else -1
       nbytes = numel * storage.dtype.itemsize
-      raw = f.read(nbytes)
-      if numel != storage.numel or len(raw) != nbytes:
-        raise ValueError(f'{path}: truncated or corrupt storage {key}.')
-      storage.data = np.frombuffer(raw, storage.dtype)
+      # Check the size the file declares against what it holds before
+      # reading: f.read(n) allocates n bytes first.
+      if (numel != storage.numel or numel < 0 or
+          nbytes > file_size - f.tell()):
+        raise ValueError(f'{path}: truncated or corrupt storage {key} '
+                         f'(declares {numel} elements).')
+      storage.data = np.frombuffer(f.read(nbytes), storage.dtype)
     for storage in storages.values():
       if isinstance(storage, _View):
         storage.resolve()
   return _materialize(obj, path)
+
+
+# What a malformed pickle or archive raises from deep inside the readers.
+_MALFORMED_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError,
+                     KeyError, IndexError, AttributeError, OverflowError,
+                     UnicodeDecodeError, zipfile.BadZipFile, zlib.error,
+                     struct.error, RecursionError, NotImplementedError)
 
 
 def load_pth(path: str):
@@ -314,12 +362,28 @@ def load_pth(path: str):
   Only tensors, dicts, lists and plain values are rebuilt; any other object in
   the pickle raises `pickle.UnpicklingError` (no code from the file runs).
   Both the zip format (torch >= 1.6) and the legacy format are supported.
+  Every size the file declares is checked against what it holds before
+  anything is allocated.
+
+  Raises:
+    FileNotFoundError: no such file.
+    pickle.UnpicklingError: the pickle asks for a global outside the allowlist.
+    WeightsFileError: anything else wrong with the file (truncated, corrupt,
+      absurd declared sizes), naming it.
   """
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path}: no such weights file.')
-  if zipfile.is_zipfile(path):
-    return _load_zip(path)
-  return _load_legacy(path)
+  try:
+    if zipfile.is_zipfile(path):
+      return _load_zip(path)
+    return _load_legacy(path)
+  except (_Refused, WeightsFileError):
+    raise
+  except _MALFORMED_ERRORS as e:
+    text = ' '.join(str(e).split())[:200] or type(e).__name__
+    if not text.startswith(path):
+      text = f'{path}: {text}'
+    raise WeightsFileError(f'{text} (truncated or corrupt .pth file?)') from e
 
 
 def to_numpy(x) -> np.ndarray:
@@ -643,7 +707,8 @@ def _training_step_dir(path: str) -> str | None:
       return None
     ckpt_dir = path
   workdir = os.path.dirname(os.path.abspath(ckpt_dir))
-  manager = checkpointing.create_manager(workdir)
+  # Read-only: a trainer may be writing a checkpoint in this workdir now.
+  manager = checkpointing.create_read_only_manager(workdir)
   step = manager.best_step()
   if step is None:
     step = manager.latest_step()
@@ -784,9 +849,31 @@ def init_from(params, path: str):
 # ---------------------------------------------------------------------------
 
 
+def _is_caffemodel(input_path: str, fmt: str) -> bool:
+  """--format=caffemodel, or auto with a file that looks like one."""
+  from fcn_jax import caffemodel  # pylint: disable=g-import-not-at-top
+  if fmt != 'auto' or not os.path.isfile(input_path):
+    return fmt == 'caffemodel'
+  return (input_path.endswith('.caffemodel')
+          or caffemodel.looks_like_caffemodel(input_path))
+
+
 def convert_file(input_path: str, output: str, fmt: str = 'auto',
                  variant: str = '', skip_checksum: bool = False) -> dict:
-  """Converts one .pth file into a checkpoint at `output`; returns metadata."""
+  """Converts one .pth or .caffemodel file into a checkpoint at `output`.
+
+  Returns the metadata written next to the params. For a .caffemodel,
+  `variant` may name a reference model or architecture (see
+  `caffe_models.convert_caffemodel`).
+  """
+  if _is_caffemodel(input_path, fmt):
+    from fcn_jax import caffe_models  # pylint: disable=g-import-not-at-top
+    if os.path.exists(output):  # Before reading a large file.
+      raise FileExistsError(f'{os.path.abspath(output)}: output already '
+                            'exists; choose a new path.')
+    params, metadata = caffe_models.convert_caffemodel(input_path, variant)
+    save_params(output, params, metadata)
+    return metadata
   known = None if skip_checksum else verify_checksum(input_path)
   if fmt == 'auto':
     fmt = known['format'] if known else ''
@@ -822,29 +909,33 @@ def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   del argv
   f = flags.FLAGS
-  try:
-    metadata = convert_file(f.input, f.output, f.format, f.variant,
-                            f.skip_checksum)
-  except (OSError, ValueError, pickle.UnpicklingError) as e:
-    sys.exit(f'Error: {e}')  # One line naming the file, no traceback.
+  metadata = convert_file(f.input, f.output, f.format, f.variant,
+                          f.skip_checksum)
   logging.info('Wrote %s: %s', os.path.abspath(f.output), json.dumps(metadata))
 
 
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string('input', None, 'PyTorch .pth file to convert.')
+  from fcn_jax import caffe_models  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string('input', None,
+                      'PyTorch .pth or Caffe .caffemodel file to convert.')
   flags.DEFINE_string('output', None, 'Directory to write (must not exist).')
   flags.DEFINE_enum('format', 'auto', ('auto',) + FORMATS,
-                    'Source: auto = known file name, else pytorch-fcn names.')
-  flags.DEFINE_enum('variant', '', ('',) + models.VARIANTS,
+                    'Source: auto = .caffemodel by its content, else known '
+                    'file name, else pytorch-fcn names.')
+  flags.DEFINE_enum('variant', '', ('',) + models.MODELS + tuple(sorted(
+      set(caffe_models.REFERENCE_MODELS) - set(models.MODELS))),
                     'FCN variant of a pytorch-fcn file (default: from names; '
-                    'fcn8s-atonce must be given unless the file is known).')
+                    'fcn8s-atonce must be given unless the file is known), or '
+                    'reference model of a .caffemodel (default: from its file '
+                    'name, else its layer names).')
   flags.DEFINE_bool('skip_checksum', False,
                     'Convert a known file name even if its checksum differs.')
   flags.mark_flags_as_required(['input', 'output'])
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from fcn_jax import cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main)
+  # The reader's errors name the file: one line, no traceback.
+  cli.run(main, user_errors=(OSError, ValueError, pickle.UnpicklingError))

@@ -11,6 +11,11 @@ matrix picture into the workdir:
 
     <workdir>/eval_<split>_step<step>.json
     <workdir>/eval_<split>_step<step>_confusion.png
+    <workdir>/eval_<split>_step<step>_reliability.png
+
+It also reports the expected calibration error of the softmax (15 bins over
+the max probability, labelled pixels only; fcn_jax.calibration) and draws
+its reliability diagram.
 
 The dataset is the one in the workdir's config.json; --config.KEY=VALUE
 flags change it (e.g. evaluate a synthetic-trained model on more images).
@@ -33,6 +38,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from fcn_jax import calibration
+from fcn_jax import cli
 from fcn_jax import inference
 from fcn_jax import input_pipeline
 from fcn_jax import metrics as metrics_lib
@@ -73,33 +80,49 @@ def confusion(labels: np.ndarray, preds: np.ndarray, num_classes: int
 
 def evaluate_segmenter(segmenter: inference.Segmenter, source,
                        max_images: int = 0, progress: bool = True,
+                       per_image: bool = False,
                        **predict_kwargs) -> dict[str, Any]:
   """Scores `segmenter` on every example of `source` (one global histogram).
 
   Returns segmentation_scores plus 'confusion_matrix', 'num_images',
-  'compilations' and 'seconds'.
+  'compilations', 'seconds' and 'calibration' (calibration_scores: 'ece'
+  and the per-bin counts, accuracies and confidences). With `per_image`,
+  also 'per_image_confusion': the (N, C, C) int64 matrices of the N images,
+  which sum to 'confusion_matrix' (for paired statistics over images).
   """
   num_classes = segmenter.num_classes
   total = len(source) if not max_images else min(max_images, len(source))
   if total == 0:
     raise ValueError('The split holds no images.')
   hist = np.zeros((num_classes, num_classes), np.int64)
+  image_hists = []
+  calibration_sums = calibration.Accumulator(
+      bucket=inference.bucket_size if segmenter.bucket else None)
   compiled_before = segmenter.num_compilations
   start = time.time()
   for index in range(total):
     example = source[index]
     labels = np.asarray(example['label'])
-    preds = segmenter.segment(example['image'], **predict_kwargs)
+    probs = segmenter.probabilities(example['image'], **predict_kwargs)
+    preds = np.argmax(probs, axis=-1)
     if preds.shape != labels.shape:
       raise ValueError(f'Example {index}: prediction {preds.shape} and label '
                        f'{labels.shape} differ in size.')
-    hist += confusion(labels, preds, num_classes)
+    image_hist = confusion(labels, preds, num_classes)
+    hist += image_hist
+    if per_image:
+      image_hists.append(image_hist)
+    calibration_sums.add(probs, labels)
     if progress:
       _progress(index + 1, total, start)
   scores = metrics_lib.segmentation_scores(hist)
   scores.update(confusion_matrix=hist.tolist(), num_images=total,
                 compilations=segmenter.num_compilations - compiled_before,
-                seconds=time.time() - start)
+                seconds=time.time() - start,
+                calibration=calibration_sums.scores())
+  scores['ece'] = scores['calibration']['ece']
+  if per_image:
+    scores['per_image_confusion'] = np.stack(image_hists)
   return scores
 
 
@@ -112,17 +135,21 @@ def evaluate_heads(segmenter: inference.Segmenter, source,
 
   Returns tasks.scores_of (the main head's scores, 'geo_'-prefixed ones of
   the geometric head) plus 'confusion_matrix' (and 'geo_confusion_matrix'),
-  'num_images', 'compilations' and 'seconds'.
+  'num_images', 'compilations', 'seconds' and the main head's 'calibration'.
   """
   total = len(source) if not max_images else min(max_images, len(source))
   if total == 0:
     raise ValueError('The split holds no images.')
   hists = {k: np.zeros((c, c), np.int64) for k, c in head_sizes.items()}
+  calibration_sums = calibration.Accumulator(
+      bucket=inference.bucket_size if segmenter.bucket else None)
   compiled_before = segmenter.num_compilations
   start = time.time()
   for index in range(total):
     example = source[index]
     logits = segmenter.head_logits(example['image'])
+    calibration_sums.add(inference._softmax(logits['label']),  # pylint: disable=protected-access
+                         example['label'])
     for key, hist in hists.items():
       hist += confusion(example[key], np.argmax(logits[key], axis=-1),
                         hist.shape[0])
@@ -134,7 +161,9 @@ def evaluate_heads(segmenter: inference.Segmenter, source,
     scores[key[:-len('label')] + 'confusion_matrix'] = hist.tolist()
   scores.update(num_images=total,
                 compilations=segmenter.num_compilations - compiled_before,
-                seconds=time.time() - start)
+                seconds=time.time() - start,
+                calibration=calibration_sums.scores())
+  scores['ece'] = scores['calibration']['ece']
   return scores
 
 
@@ -167,7 +196,9 @@ def _json_safe(value):
 
 def write_results(scores: dict, class_names, output_dir: str, split: str,
                   step: int | None, extra: dict) -> tuple[str, str]:
-  """Writes the scores JSON and the confusion-matrix PNG; returns both paths."""
+  """Writes the scores JSON, the confusion-matrix PNG and (with
+  scores['calibration']) the reliability diagram; returns the first two
+  paths."""
   os.makedirs(output_dir, exist_ok=True)
   tag = f'eval_{split}_step{step if step is not None else "unknown"}'
   record = dict(extra, split=split, step=step, class_names=list(class_names),
@@ -180,6 +211,9 @@ def write_results(scores: dict, class_names, output_dir: str, split: str,
   png_path = os.path.join(output_dir, f'{tag}_confusion.png')
   visualize.confusion_matrix_image(np.asarray(scores['confusion_matrix']),
                                    class_names).save(png_path)
+  if 'calibration' in scores:
+    calibration.reliability_diagram_image(scores['calibration']).save(
+        os.path.join(output_dir, f'{tag}_reliability.png'))
   return json_path, png_path
 
 
@@ -226,6 +260,8 @@ def run(workdir: str, checkpoint: str = 'best', split: str = 'val',
   if 'num_classes_scored' in scores:
     print(f'  (mean accuracy and mean IU over the {scores["num_classes_scored"]}'
           f' of {len(class_names)} classes present in the ground truth)')
+  print(f'  calibration error   {_pct(scores["calibration"]["ece"])} (ECE, '
+        f'{len(scores["calibration"]["bin_count"])} bins)')
   print(per_class_table(scores, class_names))
   if 'geo_overall_acc' in scores:
     print('geometric:')
@@ -234,7 +270,8 @@ def run(workdir: str, checkpoint: str = 'best', split: str = 'val',
                       ('frequency-weighted', 'fwavacc')):
       print(f'  {name:<19} {_pct(scores["geo_" + key])}')
   print(f'{scores["compilations"]} compilation(s), {scores["seconds"]:.1f}s. '
-        f'Wrote {json_path} and {png_path}.')
+        f'Wrote {json_path}, {png_path} and the reliability diagram next to '
+        'them.')
   with open(json_path) as f:
     return json.load(f)
 
@@ -245,12 +282,9 @@ def main(argv):
   writers.quiet_library_logs()
   overrides = config_flags.get_override_values(FLAGS['config'])
   overrides = _flatten(overrides)
-  try:
-    run(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, overrides,
-        FLAGS.max_images, FLAGS.output_dir, FLAGS.dtype, tta=FLAGS.tta,
-        window=FLAGS.window or None)
-  except (inference.CheckpointError, ValueError, FileNotFoundError) as e:
-    sys.exit(f'Error: {e}')
+  run(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, overrides,
+      FLAGS.max_images, FLAGS.output_dir, FLAGS.dtype, tta=FLAGS.tta,
+      window=FLAGS.window or None)
 
 
 def _flatten(values: dict, prefix: str = '') -> dict:
@@ -289,4 +323,4 @@ def _define_flags():
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main, user_errors=(ValueError, FileNotFoundError))

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -238,14 +237,11 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   writers.quiet_library_logs()
   flags_ = flags.FLAGS
-  try:
-    shapes = parse_shapes(flags_.shapes)
-    segmenter = inference.load_from_args(flags_.workdir, flags_.checkpoint,
-                                         flags_.dtype, flags_.model)
-    files = export_segmenter(segmenter, flags_.output, shapes,
-                             tuple(flags_.platforms))
-  except (inference.CheckpointError, ValueError, FileNotFoundError) as e:
-    sys.exit(f'Error: {e}')
+  shapes = parse_shapes(flags_.shapes)
+  segmenter = inference.load_from_args(flags_.workdir, flags_.checkpoint,
+                                       flags_.dtype, flags_.model)
+  files = export_segmenter(segmenter, flags_.output, shapes,
+                           tuple(flags_.platforms))
   print(f'Exported {segmenter.config.model} ({segmenter.num_classes} classes) '
         f'from {segmenter.checkpoint} for {",".join(flags_.platforms)}:')
   for path in files:
@@ -269,6 +265,6 @@ def _define_flags():
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from fcn_jax import cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main)
+  cli.run(main, user_errors=(ValueError, FileNotFoundError))

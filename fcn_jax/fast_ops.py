@@ -1,7 +1,7 @@
 """Custom-gradient versions of FCN's slowest ops on XLA:CPU.
 
 On a CPU, XLA's automatic gradients of three FCN ops cost far more than the
-arithmetic they do (see README.md, "Performance"):
+arithmetic they do (see docs/performance.md):
 
 * the weight gradient of a convolution at batch 1 runs as a convolution whose
   feature dimension is the batch, which parallelizes badly; on the large

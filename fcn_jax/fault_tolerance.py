@@ -1,11 +1,15 @@
 """Surviving preemption and failures: signals, workdir lock, resume checks.
 
-What the training loop relies on (see README.md, "Fault tolerance"):
+What the training loop relies on (see docs/fault_tolerance.md):
 
 * `StopSignals` turns SIGTERM (preemption notice) and SIGINT (Ctrl-C) into a
   request the loop checks after every step; it then writes a checkpoint and
   raises `Interrupted`, whose `exit_code` (143 or 130, i.e. 128 + signal) tells
-  schedulers the run is not finished. A second signal kills at once.
+  schedulers the run is not finished. A second signal kills at once. With
+  several processes (jax.distributed) a signal usually reaches one of them
+  first: every `preemption_check_every_steps` steps they exchange their
+  requests through the coordination service (host only, no device sync), so
+  all stop, save collectively and exit at the same step.
 * `WorkdirLock` is an exclusive `flock` on `<workdir>/.lock`. The kernel drops
   it when the process dies, even by kill -9, so there is never a stale lock.
 * `check_resume_config` compares the run's config with the `config.json` saved
@@ -18,13 +22,17 @@ from __future__ import annotations
 
 import fcntl
 import json
+import multiprocessing
 import os
 import signal
 import socket
 import threading
 
+import jax
 import numpy as np
 from absl import logging
+
+from fcn_jax import errors
 
 # Keys that define what a checkpoint is: resuming with other values would load
 # parameters of another model, or train them on another problem.
@@ -35,15 +43,15 @@ FAULT_EVENTS = ('sigkill_after_step', 'sigkill_in_save', 'sigterm_after_step',
                 'sigint_after_step', 'ctrl_c_after_step', 'nan_batch')
 
 
-class ConfigError(ValueError):
+class ConfigError(ValueError, errors.UserError):
   """A bad flag or config value, or a config that contradicts the workdir's."""
 
 
-class WorkdirLockedError(RuntimeError):
+class WorkdirLockedError(RuntimeError, errors.UserError):
   """Another trainer holds the workdir."""
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(FloatingPointError, errors.UserError):
   """A non-finite loss or gradient; the last good checkpoint is kept."""
 
 
@@ -88,6 +96,22 @@ class StopSignals:
   def requested(self) -> bool:
     return self.signum is not None
 
+  def agreed_signum(self, step: int, every: int) -> int | None:
+    """The signal every process stops on after `step`, or None to go on.
+
+    One process: its own request, at any step. Several: only at steps that
+    are multiples of `every` (the same steps in every process), the first
+    request of any process in process order, so all of them save the same
+    step collectively and exit alike.
+    """
+    if jax.process_count() == 1:
+      return self.signum
+    if step % every:
+      return None
+    signums = _exchange(f'step_{step}', self.signum or 0,
+                        previous=f'step_{step - every}')
+    return next((s for s in signums if s), None)
+
   def _handle(self, signum, frame) -> None:
     del frame
     if self.signum is not None:
@@ -97,9 +121,10 @@ class StopSignals:
       os.kill(os.getpid(), signum)
       return
     self.signum = signum
-    logging.warning('Received %s: stopping after the current step and writing '
-                    'a checkpoint (send it again to stop at once).',
-                    signal.Signals(signum).name)
+    logging.warning('Received %s: stopping after the current step (with '
+                    'several processes: the next step at which they all '
+                    'check) and writing a checkpoint (send it again to stop '
+                    'at once).', signal.Signals(signum).name)
 
 
 class WorkdirLock:
@@ -179,6 +204,43 @@ def check_resume_config(config, workdir: str, allow_change: bool) -> None:
       '--workdir, or --config.allow_config_change=True to resume anyway.')
 
 
+# The coordination service key prefix of the stop requests.
+_STOP_KEYS = 'fcn_jax/stop_requests'
+# How long a process waits for the others to reach the same check (they may
+# be evaluating or saving): long, since giving up leaves them stuck anyway.
+STOP_EXCHANGE_TIMEOUT_MS = 30 * 60 * 1000
+
+
+def _distributed_client():
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  return distributed.global_state.client
+
+
+def _exchange(name: str, value: int, previous: str | None = None) -> list[int]:
+  """`value` of every process, in process order, via jax.distributed's
+  key-value store (host to host: nothing waits for the devices).
+
+  Falls back to a device all-gather without a coordination client.
+  """
+  client = _distributed_client()
+  if client is None:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return [int(v) for v in np.ravel(
+        multihost_utils.process_allgather(np.int32(value)))]
+  me = jax.process_index()
+  client.key_value_set(f'{_STOP_KEYS}/{name}/{me}', str(value))
+  values = [value if i == me else int(client.blocking_key_value_get(
+      f'{_STOP_KEYS}/{name}/{i}', STOP_EXCHANGE_TIMEOUT_MS))
+            for i in range(jax.process_count())]
+  if previous is not None:
+    # Every process has read our previous key: it wrote this one after that.
+    try:
+      client.key_value_delete(f'{_STOP_KEYS}/{previous}/{me}')
+    except Exception:  # pylint: disable=broad-except
+      pass  # Not there (the first check of a resumed run): nothing to free.
+  return values
+
+
 class TestFaults:
   """Fault injection for tests (never set in real runs).
 
@@ -186,8 +248,9 @@ class TestFaults:
   FAULT_EVENTS, e.g. 'sigkill_in_save@3,nan_batch@5':
     sigkill_after_step / sigterm_after_step / sigint_after_step: the process
       sends itself that signal right after training step STEP;
-    ctrl_c_after_step: SIGINT to the whole process group, data worker
-      processes included, as Ctrl-C in a terminal does;
+    ctrl_c_after_step: SIGINT to this process and its child processes (the
+      data workers), as Ctrl-C in a terminal does, and to nothing else (not
+      the rest of the process group, e.g. the test runner);
     sigkill_in_save: kill -9 right after the (asynchronous) checkpoint save of
       step STEP has started, while Orbax is still writing it;
     nan_batch: the images of the batch of step STEP become NaN.
@@ -224,12 +287,29 @@ class TestFaults:
         logging.warning('%s: %s after step %d.', FAULTS_ENV, event, step)
         os.kill(os.getpid(), signum)
     if self._due('ctrl_c_after_step', step):
-      logging.warning('%s: SIGINT to the process group after step %d.',
-                      FAULTS_ENV, step)
-      os.killpg(os.getpgid(0), signal.SIGINT)
+      children = _child_pids()
+      logging.warning('%s: SIGINT to this process and its %d child processes '
+                      'after step %d.', FAULTS_ENV, len(children), step)
+      for pid in children:
+        os.kill(pid, signal.SIGINT)
+      os.kill(os.getpid(), signal.SIGINT)
 
   def after_save_started(self, step: int, saving: bool) -> None:
     if self._due('sigkill_in_save', step):
       logging.warning('%s: kill -9 during the save of step %d (save still in '
                       'progress: %s).', FAULTS_ENV, step, saving)
       os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _child_pids() -> list[int]:
+  """Pids of this process's children (Linux /proc, else multiprocessing's)."""
+  pids = {p.pid for p in multiprocessing.active_children()}
+  task_dir = f'/proc/{os.getpid()}/task'
+  try:
+    for task in os.listdir(task_dir):
+      with open(os.path.join(task_dir, task, 'children')) as f:
+        pids.update(int(pid) for pid in f.read().split())
+  except OSError:
+    pass
+  pids.discard(os.getpid())
+  return sorted(pids)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import sys
 
 import flax.linen as nn
 import jax
@@ -185,10 +184,7 @@ def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   del argv
   f = flags.FLAGS
-  try:
-    run(f.weights, f.image, f.output, f['class'].value, f.format, f.scale)
-  except (OSError, ValueError, pickle.UnpicklingError) as e:
-    sys.exit(f'Error: {e}')  # One line naming the file, no traceback.
+  run(f.weights, f.image, f.output, f['class'].value, f.format, f.scale)
 
 
 def _define_flags():
@@ -208,6 +204,7 @@ def _define_flags():
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from fcn_jax import cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main)
+  # The reader's errors name the file: one line, no traceback.
+  cli.run(main, user_errors=(OSError, ValueError, pickle.UnpicklingError))

@@ -15,7 +15,7 @@ one of a few bucket shapes (`bucket_size`), run, and the prediction is cropped
 back. Padding is done after mean subtraction with zeros, which is what the
 network's own conv1_1 padding feeds it; predictions are identical to the
 exact-size ones except where the receptive field reaches the extra padding
-(measured in tests/test_inference.py and README.md).
+(measured in tests/test_inference.py and docs/inference.md).
 
 Options: horizontal-flip and multi-scale test-time augmentation (averaged
 softmax probabilities), sliding-window inference for large images, and a
@@ -38,6 +38,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from PIL import Image
 
+from fcn_jax import errors
 from fcn_jax import input_pipeline
 from fcn_jax import models
 from fcn_jax import tasks
@@ -49,11 +50,11 @@ CHECKPOINTS = 'checkpoints'
 DEFAULT_TTA_SCALES = (0.75, 1.0, 1.25)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ValueError, errors.UserError):
   """A checkpoint is missing, unreadable or does not fit the model."""
 
 
-class ImageError(ValueError):
+class ImageError(ValueError, errors.UserError):
   """An input image cannot be read or is in an unusable format."""
 
 
@@ -478,14 +479,14 @@ def _item_dirs(path: str) -> list[str]:
 
 def _params_subtree(tree: Any) -> tuple[Any, str | None]:
   """The parameters in a saved tree: TrainState-like {'params': ...} or the
-  parameter dict itself (keys conv1_1..., ...)."""
+  parameter dict itself (keys conv1_1, ..., conv1_1_bgrd / conv1_1color for
+  the NYUDv2 models, or conv1, ... for FCN-AlexNet)."""
   if isinstance(tree, dict):
     if 'params' in tree and isinstance(tree['params'], dict):
       inner, _ = _params_subtree(tree['params'])
       if inner is not None:
         return tree['params'], 'params'
-    # conv1_1, or conv1_1_bgrd / conv1_1color of the NYUDv2 models.
-    if any(str(k).startswith('conv1_1') for k in tree):
+    if any(str(k).startswith('conv1_1') for k in tree) or 'conv1' in tree:
       return tree, None
   return None, None
 
@@ -554,6 +555,12 @@ def infer_architecture(params: dict) -> dict[str, Any]:
   FCN-8s and FCN-8s at-once have the same parameters (at-once only scales
   the skip inputs), so the variant 'fcn8s' is assumed for both.
   """
+  if 'conv1' in params and 'score_fr' in params:  # FCN-AlexNet
+    from fcn_jax import alexnet  # pylint: disable=g-import-not-at-top
+    return dict(model='fcn-alexnet',
+                num_classes=int(np.shape(params['score_fr']['kernel'])[-1]),
+                width=np.shape(params['conv1']['kernel'])[-1] / alexnet.CONVS[0][1],
+                learn_upsampling='upscore' in params)
   try:
     conv1 = np.shape(params['conv1_1']['kernel'])[-1]
     num_classes = np.shape(params['score_fr']['kernel'])[-1]
@@ -695,9 +702,9 @@ def load(path: str, checkpoint: str | int = 'best', *,
   config = apply_overrides(config, config_overrides or {})
   if dtype:
     config.dtype = dtype
-  if config.model not in models.VARIANTS:
+  if config.model not in models.MODELS:
     raise CheckpointError(f'config.model={config.model!r}: expected one of '
-                          f'{models.VARIANTS}.')
+                          f'{models.MODELS}.')
   try:
     model = train.create_model(config, config.num_classes)
   except ValueError as e:

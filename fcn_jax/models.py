@@ -20,6 +20,7 @@ weights map one to one onto ``params[layer_name]``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fcn_jax import errors
 from fcn_jax import fast_ops as fast_ops_lib
 
 # Per-channel mean of the ImageNet training set in BGR order, 0-255 scale, as
@@ -35,6 +37,8 @@ from fcn_jax import fast_ops as fast_ops_lib
 MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
 
 VARIANTS = ('fcn32s', 'fcn16s', 'fcn8s', 'fcn8s-atonce')
+# Every model get_model builds: the VGG16 FCNs and FCN-AlexNet (alexnet.py).
+MODELS = VARIANTS + ('fcn-alexnet',)
 
 # VGG16's five convolution blocks: (number of 3x3 convs, output channels).
 VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
@@ -55,7 +59,7 @@ ATONCE_SCALE_POOL3 = 0.0001
 # where they win, i.e. on CPU; 'on' forces them, 'off' the plain XLA ops.
 FAST_OPS_MODES = ('auto', 'on', 'off')
 # VGG blocks whose 3x3 convs get the chunked weight gradient: the large maps.
-# (Measured on CPU: it also wins on blocks 4-5, see README "Performance".)
+# (Measured on CPU: it also wins on blocks 4-5, see docs/performance.md.)
 FAST_CONV_BLOCKS = (1, 2, 3, 4, 5)
 
 
@@ -259,10 +263,12 @@ class Upsample(nn.Module):
   dtype: Any = jnp.float32
   # Not named `init`: that would shadow Module.init.
   kernel_init: str = 'bilinear'
+  # Taps of the kernel; 0 = 2 * factor (the VGG FCNs; FCN-AlexNet uses 63).
+  kernel_size: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    size = 2 * self.factor
+    size = self.kernel_size or 2 * self.factor
     if self.learnable:
       if self.kernel_init == 'random':
         kernel = self.param('kernel', random_upsampling_init,
@@ -279,7 +285,107 @@ class Upsample(nn.Module):
                           self.factor, depthwise=True)
 
 
-class FCN(nn.Module):
+class ParamsMismatchError(ValueError, errors.UserError):
+  """Parameters that do not fit a model: some it would silently ignore, or
+  some it needs are missing or shaped differently."""
+
+
+# Expected parameter shapes per module configuration (see StrictParams).
+_EXPECTED_PARAMS_CACHE: dict[Any, dict[str, tuple]] = {}
+
+
+def _flat_shapes(tree) -> dict[str, tuple]:
+  return {'/'.join(str(getattr(k, 'key', k)) for k in path): tuple(np.shape(x))
+          for path, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+class StrictParams:
+  """Mixin for linen Modules: `apply` refuses params it would not use.
+
+  Flax silently ignores entries of the params tree that no layer reads (e.g.
+  learned upsampling kernels given to a model with fixed bilinear
+  upsampling, or the skip layers of another variant), which gives other
+  results without a word. `apply` compares the given tree with what `init`
+  creates for this module (computed once per configuration, shapes only)
+  and raises ParamsMismatchError naming the layers. Subclasses may override
+  `params_hint` to say which setting fixes a mismatch.
+  """
+
+  # Whether parameter shapes depend on the input's spatial size (FCNs: no).
+  params_depend_on_input_size = False
+
+  def apply(self, variables, *args, **kwargs):
+    params = variables.get('params') if hasattr(variables, 'get') else None
+    if params is not None and args and kwargs.get('method') is None:
+      check_params(self, params, args[0])
+    return super().apply(variables, *args, **kwargs)  # pytype: disable=attribute-error
+
+  def params_hint(self, unexpected: list[str], missing: list[str]) -> str:
+    del unexpected, missing
+    return ''
+
+
+def _module_key(module, sample) -> Any:
+  fields = tuple((f.name, getattr(module, f.name))
+                 for f in dataclasses.fields(module)
+                 if f.name not in ('parent', 'name'))
+  shape = tuple(np.shape(sample))
+  shape = shape[-1:] if not module.params_depend_on_input_size else shape[1:]
+  return (type(module), fields, shape, str(getattr(sample, 'dtype', '')))
+
+
+def expected_param_shapes(module, sample) -> dict[str, tuple]:
+  """'layer/param' -> shape of what `module.init` creates for `sample`'s shape."""
+  key = _module_key(module, sample)
+  if key not in _EXPECTED_PARAMS_CACHE:
+    struct = jax.ShapeDtypeStruct((1,) + tuple(np.shape(sample))[1:],
+                                  getattr(sample, 'dtype', jnp.float32))
+    variables = jax.eval_shape(
+        lambda x: module.init(jax.random.key(0), x), struct)
+    _EXPECTED_PARAMS_CACHE[key] = _flat_shapes(variables.get('params', {}))
+  return _EXPECTED_PARAMS_CACHE[key]
+
+
+def check_params(module, params, sample) -> None:
+  """Raises ParamsMismatchError if `params` differ from what `module` uses.
+
+  Args:
+    module: a linen Module (e.g. from `get_model`).
+    params: the params tree to apply it with.
+    sample: an input of the shape it is applied to (array or tracer).
+  """
+  expected = expected_param_shapes(module, sample)
+  given = _flat_shapes(params)
+  if given == expected:
+    return
+  layers = lambda keys: sorted({k.split('/')[0] for k in keys})  # pylint: disable=unnecessary-lambda-assignment
+  unexpected = layers(set(given) - set(expected))
+  missing = layers(set(expected) - set(given))
+  reshaped = [f'{k} {given[k]} (model: {expected[k]})'
+              for k in sorted(set(given) & set(expected))
+              if given[k] != expected[k]]
+  problems = []
+  if unexpected:
+    problems.append(f'the model would ignore {", ".join(unexpected)}')
+  if missing:
+    problems.append(f'it needs {", ".join(missing)}, which are missing')
+  if reshaped:
+    problems.append('shapes differ: ' + ', '.join(reshaped[:4]) +
+                    (' ...' if len(reshaped) > 4 else ''))
+  hint = module.params_hint(unexpected, missing)
+  raise ParamsMismatchError(
+      f'Parameters do not fit {describe_module(module)}: '
+      f'{"; ".join(problems)}.{" " + hint if hint else ""}')
+
+
+def describe_module(module) -> str:
+  names = ('variant', 'num_classes', 'width', 'learn_upsampling')
+  fields = ', '.join(f'{n}={getattr(module, n)!r}' for n in names
+                     if hasattr(module, n))
+  return f'{type(module).__name__}({fields})'
+
+
+class FCN(StrictParams, nn.Module):
   """FCN-32s / 16s / 8s / 8s at-once on a convolutionalized VGG16.
 
   Attributes:
@@ -316,6 +422,26 @@ class FCN(nn.Module):
   # the first convolution (the reference's RGB-D net calls it conv1_1_bgrd).
   input_channels: int = 3
   conv1_1_name: str = 'conv1_1'
+
+  def params_hint(self, unexpected: list[str], missing: list[str]) -> str:
+    upscore = lambda names: [n for n in names if n.startswith('upscore')]  # pylint: disable=unnecessary-lambda-assignment
+    hints = []
+    if len(upscore(unexpected)) < len(unexpected) or len(upscore(missing)) < len(
+        missing):
+      hints.append('Parameters of another variant? Build the model they were '
+                   'made for (get_model(variant), --config.model).')
+    if upscore(unexpected) and not self.learn_upsampling:
+      hints.append('upscore* are learned upsampling kernels: build the model '
+                   'with learn_upsampling=True (get_model(..., '
+                   'learn_upsampling=True), --config.learn_upsampling=True).')
+    elif upscore(missing) and self.learn_upsampling:
+      hints.append('The parameters have fixed bilinear upsampling: build the '
+                   'model with learn_upsampling=False '
+                   '(--config.learn_upsampling=False).')
+    if not hints:
+      hints.append('Build the model with the class count and width they were '
+                   'made for (--config.num_classes, --config.width).')
+    return ' '.join(hints)
 
   def _conv(self, features: int, kernel: int, name: str, padding: Any = 'SAME',
             conv_fn: Callable[..., Any] | None = None):
@@ -441,19 +567,24 @@ class FCN(nn.Module):
 
 
 def get_model(variant: str, num_classes: int = 21, **kwargs) -> FCN:
-  """Returns the FCN `variant` ('fcn32s', 'fcn16s', 'fcn8s', 'fcn8s-atonce').
+  """Returns the FCN `variant` ('fcn32s', 'fcn16s', 'fcn8s', 'fcn8s-atonce',
+  or 'fcn-alexnet', see `MODELS`).
 
   Keyword arguments go to `FCN` (width, learn_upsampling, dtype, fast_ops,
-  ...). With the defaults the CPU gets the fast custom-gradient ops.
-  Call as ``model.apply({'params': params}, images, train=False)``.
+  ...) or `alexnet.FCNAlexNet` (the same attributes). With the defaults the
+  CPU gets the fast custom-gradient ops. Call as
+  ``model.apply({'params': params}, images, train=False)``.
   """
-  if variant not in VARIANTS:
-    raise ValueError(f'Unknown model {variant!r}; expected one of {VARIANTS}.')
+  if variant not in MODELS:
+    raise ValueError(f'Unknown model {variant!r}; expected one of {MODELS}.')
   if num_classes < 1:
     raise ValueError(f'num_classes must be positive, got {num_classes}.')
   use_fast_ops(kwargs.get('fast_ops', 'auto'))  # Validates the mode.
   if isinstance(kwargs.get('dtype'), str):
     kwargs['dtype'] = jnp.dtype(kwargs['dtype'])
+  if variant == 'fcn-alexnet':
+    from fcn_jax import alexnet  # pylint: disable=g-import-not-at-top
+    return alexnet.FCNAlexNet(num_classes=num_classes, **kwargs)
   return FCN(variant=variant, num_classes=num_classes, **kwargs)
 
 

@@ -30,6 +30,7 @@ from absl import flags
 from absl import logging
 from PIL import Image
 
+from fcn_jax import cli
 from fcn_jax import inference
 from fcn_jax import input_pipeline
 from fcn_jax import tasks
@@ -208,12 +209,9 @@ def main(argv):
   except ValueError:
     raise app.UsageError(f'--scales={",".join(FLAGS.scales)}: expected '
                          'numbers, e.g. 0.75,1,1.25.')
-  try:
-    paths = list_images(FLAGS.input)
-    segmenter = inference.load_from_args(FLAGS.workdir, FLAGS.checkpoint, FLAGS.dtype,
-                                          FLAGS.model, FLAGS.bucket)
-  except (inference.CheckpointError, FileNotFoundError, ValueError) as e:
-    sys.exit(f'Error: {e}')
+  paths = list_images(FLAGS.input)
+  segmenter = inference.load_from_args(FLAGS.workdir, FLAGS.checkpoint, FLAGS.dtype,
+                                        FLAGS.model, FLAGS.bucket)
   logging.info('Model %s (%d classes) from %s; %d image(s).',
                segmenter.config.model, segmenter.num_classes,
                segmenter.checkpoint, len(paths))
@@ -269,4 +267,4 @@ def _define_flags():
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main, user_errors=(ValueError, FileNotFoundError))

@@ -48,6 +48,11 @@ def input_channels(config: ml_collections.ConfigDict) -> int:
 def config_errors(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
   """(key, message) for settings these datasets cannot use."""
   errors = []
+  special = (config.get('dataset') == 'siftflow' or input_mode(config) in
+             ('color-d', 'color-hha'))
+  if special and config.get('model') not in models.VARIANTS:
+    errors.append(('model', f'this {config.dataset} model is built on VGG16: '
+                   f'expected one of {models.VARIANTS}'))
   if config.get('dataset') == 'nyud':
     if config.get('nyud_input', 'color') not in nyud.INPUTS:
       errors.append(('nyud_input', f'expected one of {nyud.INPUTS}'))

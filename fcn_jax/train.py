@@ -66,8 +66,8 @@ def validate_config(config: ml_collections.ConfigDict,
   def check(ok, key, message):
     if not ok:
       raise ConfigError(f'config.{key}={config[key]!r}: {message}')
-  check(config.model in models.VARIANTS, 'model',
-        f'expected one of {models.VARIANTS}')
+  check(config.model in models.MODELS, 'model',
+        f'expected one of {models.MODELS}')
   check(input_pipeline.is_known_dataset(config.dataset), 'dataset',
         f'expected one of {input_pipeline.DATASETS}')
   check(config.optimizer in OPTIMIZERS, 'optimizer',
@@ -90,7 +90,7 @@ def validate_config(config: ml_collections.ConfigDict,
         'must be >= 0, or -1 for auto')
   check(config.get('data_prefetch', 2) > 0, 'data_prefetch', 'must be positive')
   for key in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
-              'keep_checkpoints'):
+              'keep_checkpoints', 'preemption_check_every_steps'):
     check(config[key] > 0, key, 'must be positive')
   for key, message in tasks.config_errors(config):
     check(False, key, message)
@@ -532,14 +532,16 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
                          scores if evaluated_now else None, train_iter)
       faults.after_save_started(step, saving=not os.path.isdir(
           os.path.join(checkpointing.checkpoint_dir(workdir), str(step))))
-    if stop.requested:
-      _stop_on_signal(stop.signum, manager, workdir, step, state, train_iter)
+    signum = stop.agreed_signum(
+        step, config.get('preemption_check_every_steps', 10))
+    if signum:
+      _stop_on_signal(signum, manager, workdir, step, state, train_iter)
 
   train_iter.close()
   if scores is None:  # Resumed a finished run: evaluate what we have.
     scores = run_eval(int(state.step))
     checkpointing.save(manager, int(state.step), state, scores)
-  manager.wait_until_finished()
+  checkpointing.wait_until_saved(manager)
   writer.close()
 
   best_step = manager.best_step()
@@ -587,7 +589,7 @@ def _format_ids(batch_ids) -> str:
 def _stop_on_signal(signum, manager, workdir, step, state, train_iter) -> None:
   """Checkpoints `state` (unless step is saved already) and raises Interrupted."""
   checkpointing.save(manager, step, state, data_iterator=train_iter)
-  manager.wait_until_finished()
+  checkpointing.wait_until_saved(manager)
   name = signal.Signals(signum).name
   raise fault_tolerance.Interrupted(
       f'Stopped by {name} after step {step}; checkpoint saved in '

@@ -4,6 +4,7 @@
 seconds) and every test module that needs a real checkpoint reuses it.
 """
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -12,11 +13,24 @@ import jax
 import numpy as np
 import pytest
 
+from jax._src import monitoring as jax_monitoring
+
 from fcn_jax import models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOC_MINI = os.path.join(ROOT, 'tests', 'data', 'voc-real-mini')
 _CACHE = {}
+
+
+@contextlib.contextmanager
+def compile_listener(listener):
+  """Registers a jax.monitoring duration listener for the `with` block only,
+  so what it counts cannot depend on which tests ran before or after."""
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield
+  finally:
+    jax_monitoring.unregister_event_duration_listener(listener)
 
 
 def _train_tiny(tmp_path_factory) -> str:

@@ -147,9 +147,12 @@ def test_interrupted_runs_resume_bit_exact(reference, cache_dir, tmp_path):
   assert 'Stopped by SIGTERM after step 4' in out
   assert ('Run the same command again to resume: python -m fcn_jax.main '
           f'--workdir={workdir}') in out
-  # Finishing the step and saving took seconds, not minutes.
-  assert (_log_time(out, 'Stopped by SIGTERM') -
-          _log_time(out, 'sigterm_after_step after step 4')) < 30
+  # Finishing the step and saving took less time than this run's own start
+  # (imports, restore, compilation, one step), measured in the same log, so
+  # a loaded machine slows both alike.
+  signalled = _log_time(out, 'sigterm_after_step after step 4')
+  assert (_log_time(out, 'Stopped by SIGTERM') - signalled <
+          signalled - _log_time(out, ''))
   assert _steps(workdir) == [3, 4]
 
   # 3. NaN images in the batch of step 5: error naming the step and the
@@ -160,7 +163,7 @@ def test_interrupted_runs_resume_bit_exact(reference, cache_dir, tmp_path):
   train_source, _, info = input_pipeline.create_datasets(config)
   ids = input_pipeline.train_dataset_from_config(train_source, config,
                                                  info)[4]['id']
-  message = [line for line in out.splitlines() if line.startswith('E')]
+  message = _error_lines(out)
   assert len(message) == 1, out[-3000:]
   assert ('Non-finite loss nan, gradient norm nan at step 5 (batch of image '
           f'ids [{", ".join(str(i) for i in ids)}])') in message[0]
@@ -177,7 +180,7 @@ def test_interrupted_runs_resume_bit_exact(reference, cache_dir, tmp_path):
     f.truncate(os.path.getsize(largest) // 2)
   rc, out = _run(workdir, cache_dir, faults='sigkill_after_step@5')
   assert rc == -signal.SIGKILL, out[-3000:]
-  assert 'Checkpoint at step 4 is unreadable' in out
+  assert 'Checkpoint at step 4 is damaged' in out
   assert 'Resumed from checkpoint at step 3' in out
   moved = os.listdir(checkpointing.corrupt_dir(workdir))
   assert len(moved) == 1 and moved[0].startswith('4-')
@@ -206,7 +209,7 @@ def test_interrupted_runs_resume_bit_exact(reference, cache_dir, tmp_path):
 
 def _error_lines(out):
   return [line for line in out.splitlines()
-          if line.startswith(('E', 'FATAL'))]
+          if line.startswith(('E', 'FATAL', 'error: '))]
 
 
 def test_ctrl_c_with_data_workers_saves_and_resumes_bit_exact(
@@ -339,7 +342,7 @@ def test_restore_falls_back_past_damaged_checkpoints(reference, tmp_path,
   with caplog.at_level(logging.WARNING):
     state = checkpointing.restore_latest_valid(manager, str(workdir), abstract)
   manager.close()
-  assert 'Checkpoint at step 6 is unreadable' in caplog.text
+  assert 'Checkpoint at step 6 is damaged' in caplog.text
   assert int(state.step) == 3
   expected = _saved_arrays(reference(), 3)
   np.testing.assert_array_equal(
@@ -407,6 +410,24 @@ def test_workdir_lock_is_exclusive_and_released(tmp_path):
         pass
   with fault_tolerance.WorkdirLock(str(tmp_path)):
     pass  # Released on exit.
+
+
+def test_ctrl_c_fault_signals_only_this_process_and_its_children(
+    monkeypatch):
+  child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+  sent = []
+  monkeypatch.setattr(os, 'kill', lambda pid, sig: sent.append((pid, sig)))
+  monkeypatch.setattr(os, 'killpg', lambda *args: sent.append(('group',)))
+  try:
+    fault_tolerance.TestFaults('ctrl_c_after_step@2').after_step(2)
+  finally:
+    monkeypatch.undo()  # The real os.kill again.
+    child.kill()
+    child.wait()
+  assert ('group',) not in sent
+  assert (os.getpid(), signal.SIGINT) in sent
+  assert (child.pid, signal.SIGINT) in sent
+  assert all(sig == signal.SIGINT for _, sig in sent)
 
 
 def test_fault_spec_is_validated():

@@ -6,6 +6,7 @@ import shutil
 
 import jax
 import numpy as np
+from jax._src import monitoring as jax_monitoring
 import pytest
 from PIL import Image
 
@@ -13,6 +14,7 @@ from fcn_jax import inference
 from fcn_jax import input_pipeline
 from fcn_jax import models
 from fcn_jax.configs import default
+from inference_testutil import compile_listener
 from inference_testutil import random_image
 from inference_testutil import random_params
 from inference_testutil import trained_workdir  # pylint: disable=unused-import
@@ -145,18 +147,29 @@ def test_mixed_sizes_compile_once_per_bucket():
     del duration, kwargs
     if event == '/jax/core/compile/backend_compile_duration':
       compiles.append(event)
-  jax.monitoring.register_event_duration_secs_listener(listener)
   rng = np.random.default_rng(1)
   sizes = [(40, 50), (50, 40), (60, 61), (33, 60), (64, 64), (40, 50), (95, 70)]
-  for height, width in sizes:
-    assert segmenter.segment(random_image(rng, height, width)).shape == (
-        height, width)
+  with compile_listener(listener):
+    for height, width in sizes:
+      assert segmenter.segment(random_image(rng, height, width)).shape == (
+          height, width)
   buckets = {(inference.bucket_size(h), inference.bucket_size(w))
              for h, w in sizes}
   assert buckets == {(64, 64), (96, 96)}
   assert segmenter.num_compilations == len(buckets)
   # JAX's own count of backend compilations agrees with ours.
   assert len(compiles) == segmenter.num_compilations
+
+
+def test_compile_listener_is_removed_after_use():
+  before = list(jax_monitoring.get_event_duration_listeners())
+  calls = []
+  with compile_listener(lambda *args, **kwargs: calls.append(args)):
+    assert len(jax_monitoring.get_event_duration_listeners()) == len(before) + 1
+    jax.monitoring.record_event_duration_secs('/test/event', 1.0)
+  jax.monitoring.record_event_duration_secs('/test/event', 1.0)
+  assert calls == [('/test/event', 1.0)]
+  assert jax_monitoring.get_event_duration_listeners() == before
 
 
 def _symmetric_params(model):

@@ -5,6 +5,8 @@ each, gloo collectives, --coordinator_address/--num_processes/--process_id),
 and once as a single process. Both runs read the same global batches (each
 process its half), so the checkpointed parameters and the logged metrics must
 agree. Every subprocess has a timeout, so a missing peer cannot hang CI.
+A SIGTERM to one process only stops both at the same step, and resuming
+ends bit-identical to the uninterrupted two-process run.
 """
 
 import json
@@ -17,10 +19,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from fcn_jax import fault_tolerance
 from fcn_jax import writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 2
+STEPS = 3
 TIMEOUT_S = 600
 CONFIG_FLAGS = [
     '--config=fcn_jax/configs/tiny.py', '--config.model=fcn32s',
@@ -39,9 +42,14 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _start(workdir, *extra_flags):
+def _start(workdir, *extra_flags, faults='', cache_dir=None):
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
   env.pop('XLA_FLAGS', None)  # One CPU device per process.
+  env[fault_tolerance.FAULTS_ENV] = faults
+  if cache_dir:
+    env.update(JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1')
   return subprocess.Popen(
       [sys.executable, '-m', 'fcn_jax.main', f'--workdir={workdir}',
        *CONFIG_FLAGS, *extra_flags],
@@ -49,22 +57,22 @@ def _start(workdir, *extra_flags):
       text=True)
 
 
-def _wait_all(procs):
+def _wait_all(procs, returncode=0, timeout=TIMEOUT_S):
   """Output of every process; kills them all if one exceeds the timeout."""
   outputs = []
   try:
     for proc in procs:
-      outputs.append(proc.communicate(timeout=TIMEOUT_S)[0])
+      outputs.append(proc.communicate(timeout=timeout)[0])
   except subprocess.TimeoutExpired:
     for proc in procs:
       proc.kill()
-    pytest.fail(f'A process did not finish within {TIMEOUT_S}s.')
+    pytest.fail(f'A process did not finish within {timeout}s.')
   for proc, out in zip(procs, outputs):
-    assert proc.returncode == 0, out[-4000:]
+    assert proc.returncode == returncode, out[-4000:]
   return outputs
 
 
-def _params(workdir):
+def _params(workdir, key='params'):
   """The checkpointed parameters, restored onto this process's one device."""
   import jax
   path = os.path.join(workdir, 'checkpoints', str(STEPS), 'default')
@@ -74,17 +82,27 @@ def _params(workdir):
     target = jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
         getattr(metadata, 'item_metadata', metadata))
-    return checkpointer.restore(path, target)['params']
+    restored = checkpointer.restore(path, target)
+    return restored[key] if key else restored
+
+
+def _start_pair(workdir, cache_dir, *flags, faults=('', '')):
+  address = f'localhost:{_free_port()}'
+  return [_start(workdir, f'--coordinator_address={address}',
+                 '--num_processes=2', f'--process_id={i}', *flags,
+                 faults=faults[i], cache_dir=cache_dir) for i in range(2)]
 
 
 @pytest.fixture(scope='module')
-def runs(tmp_path_factory):
+def cache_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp('jax_cache')
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory, cache_dir):
   single = str(tmp_path_factory.mktemp('single'))
   multi = str(tmp_path_factory.mktemp('multi'))
-  address = f'localhost:{_free_port()}'
-  procs = [_start(single)] + [
-      _start(multi, f'--coordinator_address={address}', '--num_processes=2',
-             f'--process_id={i}') for i in range(2)]
+  procs = [_start(single, cache_dir=cache_dir)] + _start_pair(multi, cache_dir)
   outputs = _wait_all(procs)
   return single, multi, outputs
 
@@ -137,3 +155,35 @@ def test_each_process_saves_its_data_iterator_position(runs):
   (single_state,) = states(single).values()
   assert multi_states['process_0-of-2.json'] == single_state
   assert multi_states['process_1-of-2.json'] == single_state
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(runs, cache_dir,
+                                                            tmp_path):
+  # Process 1 alone is told to stop after step 1 (a preempted VM of a
+  # slice); the processes compare requests every 2 steps, so both save step
+  # 2 together and exit 143. (Before, process 1 saved alone while process 0
+  # entered the next step's collectives: both hung.)
+  _, multi, _ = runs
+  workdir = str(tmp_path / 'preempted')
+  every = '--config.preemption_check_every_steps=2'
+  logs = _wait_all(_start_pair(workdir, cache_dir, every,
+                               faults=('', 'sigterm_after_step@1')),
+                   returncode=143, timeout=300)
+  assert 'sigterm_after_step after step 1' in logs[1]
+  for log in logs:
+    assert 'Stopped by SIGTERM after step 2' in log, log[-3000:]
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2']
+
+  logs = _wait_all(_start_pair(workdir, cache_dir, every), timeout=300)
+  for log in logs:
+    assert 'Resumed from checkpoint at step 2' in log, log[-3000:]
+  import jax
+  expected = _params(multi, key=None)
+  resumed = _params(workdir, key=None)
+  leaves = jax.tree_util.tree_leaves_with_path(expected)
+  assert len(leaves) > 30  # params, momentum, step
+  for path, x in leaves:
+    y = resumed
+    for key in path:
+      y = y[getattr(key, 'key', getattr(key, 'idx', None))]
+    assert np.asarray(y).tobytes() == np.asarray(x).tobytes(), path

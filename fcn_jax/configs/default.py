@@ -14,7 +14,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
-  # Model: 'fcn32s', 'fcn16s', 'fcn8s' or 'fcn8s-atonce'.
+  # Model: 'fcn32s', 'fcn16s', 'fcn8s', 'fcn8s-atonce' (VGG16) or 'fcn-alexnet'.
   config.model = 'fcn8s'
   # Number of classes; -1 = take it from the dataset's meta data.
   config.num_classes = -1
@@ -42,8 +42,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Dataset: 'synthetic' (built in, no download); 'voc' (VOCdevkit under
   # data_dir), 'sbd' (SBD train + VOC2011 seg11valid under data_dir), 'voc_dir'
   # (any VOC-layout folder = data_dir), 'nyud', 'siftflow', 'pascal_context'
-  # (docs/benchmarks_beyond_voc.md) or 'tfds:<name>' (a TFDS dataset
-  # prepared as array_record in data_dir). See README.md, "Datasets".
+  # (NYUDv2, SIFT Flow, PASCAL-Context) or 'tfds:<name>' (a TFDS dataset
+  # prepared as array_record in data_dir). See docs/datasets.md.
   config.dataset = 'synthetic'
   # Root folder of on-disk datasets ('' for tfds = TFDS's default folder).
   config.data_dir = ''
@@ -129,6 +129,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 400
   # Checkpoints kept: the last `keep_checkpoints` plus the best by val mean IU.
   config.keep_checkpoints = 2
+  # Multi-process runs: every this many steps the processes agree whether a
+  # SIGTERM/SIGINT reached any of them, and then all save and stop at that
+  # step (a host-only exchange, no device sync). One process checks every step.
+  config.preemption_check_every_steps = 10
   # Non-finite loss or gradient: False = stop with an error (the last good
   # checkpoint stays); True = skip that update and count it (skipped_updates).
   config.skip_nonfinite = False

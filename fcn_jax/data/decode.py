@@ -15,10 +15,12 @@ import scipy.io
 from absl import logging
 from PIL import Image
 
+from fcn_jax import errors
+
 IGNORE_LABEL = 255
 
 
-class DataError(ValueError):
+class DataError(ValueError, errors.UserError):
   """A dataset file is missing, unreadable or inconsistent."""
 
 

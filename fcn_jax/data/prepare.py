@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 
-from absl import app
 from absl import flags
 from absl import logging
+
+from fcn_jax import cli
 
 flags.DEFINE_string('name', None, 'TFDS dataset name, e.g. '
                     'voc_segmentation/2012, sbd_segmentation, oxford_iiit_pet.')
@@ -52,4 +53,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

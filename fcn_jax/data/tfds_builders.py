@@ -1,7 +1,7 @@
 """TFDS builders for PASCAL VOC segmentation and SBD, from manual downloads.
 
 TFDS's own `voc` is detection only. These builders read the archives the user
-downloaded (see README.md, "Datasets") from the manual_dir, either unpacked
+downloaded (see docs/datasets.md) from the manual_dir, either unpacked
 or as the original .tar/.tgz, and write array_record data that
 `tfds:voc_segmentation/2012`, `tfds:voc_segmentation/2011` and
 `tfds:sbd_segmentation` read like any TFDS dataset. Images are stored as the
@@ -52,13 +52,33 @@ def _unpacked(dl_manager, archive_name: str, unpacked_names) -> str:
                                         'extracted', archive_name))
 
 
+def _plain_members_only(member: tarfile.TarInfo, path: str):
+  """tarfile filter: regular files and directories inside `path`, no more.
+
+  The datasets hold nothing else; a link or special file in a downloaded
+  archive is a sign of tampering (links can point writes anywhere).
+  """
+  if not (member.isfile() or member.isdir()):
+    kind = ('symbolic link' if member.issym() else
+            'hard link' if member.islnk() else 'device file or FIFO')
+    raise tarfile.TarError(f'member {member.name!r} is a {kind}; only regular '
+                           'files and directories are unpacked')
+  if os.path.isabs(member.name) or '..' in member.name.split('/'):
+    raise tarfile.TarError(f'member {member.name!r} points outside the '
+                           'archive folder')
+  return tarfile.data_filter(member, path)
+
+
 def _extract(archive: str, target: str) -> str:
   """Unpacks a .tar/.tgz into `target` once; returns `target`.
 
   Python's tarfile rather than dl_manager.extract, which needs TensorFlow.
-  The 'data' filter refuses members that would land outside `target`
-  (absolute paths, '..', links), and unpacking into a temporary folder that
-  is renamed at the end means an interrupted run leaves no half archive.
+  Only regular files and directories are unpacked: a link (symbolic or
+  hard), device file or FIFO is refused, as is a member named with an
+  absolute path or '..' (and, by the 'data' filter, anything else that
+  would land outside `target`). Unpacking
+  into a temporary folder that is renamed at the end means an interrupted or
+  refused archive leaves nothing half-written.
   """
   if os.path.isdir(target):
     return target
@@ -66,7 +86,7 @@ def _extract(archive: str, target: str) -> str:
   shutil.rmtree(partial, ignore_errors=True)
   try:
     with tarfile.open(archive) as tar:
-      tar.extractall(partial, filter='data')
+      tar.extractall(partial, filter=_plain_members_only)
   except (tarfile.TarError, OSError, EOFError) as e:
     shutil.rmtree(partial, ignore_errors=True)
     raise decode.DataError(f'{archive}: cannot unpack ({e}); download it '

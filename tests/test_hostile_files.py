@@ -1,0 +1,172 @@
+"""Hostile input files: each is one clear error, in bounded memory and time,
+with nothing written half-way."""
+
+import os
+import pickle
+import resource
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+import pth_builder
+from fcn_jax import convert
+from fcn_jax import errors
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _max_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def test_builder_files_are_valid(tmp_path):
+  # The builder writes what torch writes (torch reads them too, when
+  # installed); our reader gets the arrays back.
+  tensors, zip_storages, legacy_storages, expected = (
+      pth_builder.small_state_dict())
+  zip_path, legacy_path = tmp_path / 'z.pth', tmp_path / 'l.pth'
+  pth_builder.write_zip(zip_path, tensors, zip_storages)
+  legacy_path.write_bytes(pth_builder.legacy_bytes(tensors, legacy_storages))
+  for path in (zip_path, legacy_path):
+    loaded = convert.load_pth(str(path))
+    for key, value in expected.items():
+      assert loaded[key].dtype == value.dtype
+      np.testing.assert_array_equal(loaded[key], value)
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return
+  for path in (zip_path, legacy_path):
+    loaded = torch.load(str(path), weights_only=True)
+    np.testing.assert_array_equal(loaded['conv.weight'].numpy(),
+                                  expected['conv.weight'])
+
+
+def test_stride_zero_view_declaring_a_huge_tensor_is_refused(tmp_path):
+  # One float, viewed as a 2^20 x 2^20 tensor (4 TiB) through stride 0.
+  path = tmp_path / 'expand.pth'
+  tensors = {'w': ('0', np.float32, 1, 0, (1 << 20, 1 << 20), (0, 0))}
+  pth_builder.write_zip(path, tensors, {'0': np.ones(1, np.float32).tobytes()})
+  before = _max_rss_mb()
+  with pytest.raises(convert.WeightsFileError,
+                     match=r'expand.pth: tensor of shape \(1048576, 1048576\)'
+                     r'.*stride-0'):
+    convert.load_pth(str(path))
+  assert _max_rss_mb() - before < 100
+  # A small broadcast view stays readable (what torch.expand saves).
+  small = tmp_path / 'small.pth'
+  pth_builder.write_zip(small, {'w': ('0', np.float32, 1, 0, (3, 2), (0, 0))},
+                        {'0': np.full(1, 2.5, np.float32).tobytes()})
+  np.testing.assert_array_equal(convert.load_pth(str(small))['w'],
+                                np.full((3, 2), 2.5, np.float32))
+
+
+def test_legacy_storage_declaring_2_40_elements_is_refused(tmp_path):
+  path = tmp_path / 'legacy.pth'
+  numel = 1 << 40
+  tensors = {'w': ('0', np.float32, numel, 0, (4,), (1,))}
+  path.write_bytes(pth_builder.legacy_bytes(
+      tensors, {'0': (np.ones(4, np.float32).tobytes(), np.float32)},
+      declared={'0': numel}))
+  before = _max_rss_mb()
+  with pytest.raises(convert.WeightsFileError,
+                     match=r'legacy.pth: truncated or corrupt storage 0 '
+                     r'\(declares 1099511627776 elements\)'):
+    convert.load_pth(str(path))
+  assert _max_rss_mb() - before < 100
+
+
+def test_zip_storage_bomb_is_refused(tmp_path):
+  path = tmp_path / 'bomb.pth'
+  numel = (convert.MAX_EXPANDED_TENSOR_BYTES // 4) + 1024
+  tensors = {'w': ('0', np.float32, numel, 0, (numel,), (1,))}
+  with zipfile.ZipFile(path, 'w', zipfile.ZIP_DEFLATED,
+                       compresslevel=1) as f:
+    f.writestr('archive/data.pkl', pth_builder.tensor_pickle(tensors))
+    f.writestr('archive/data/0', bytes(numel * 4))
+  assert os.path.getsize(path) < 1 << 20
+  with pytest.raises(convert.WeightsFileError, match='decompression bomb'):
+    convert.load_pth(str(path))
+
+
+@pytest.mark.parametrize('fmt', ['zip', 'legacy'])
+def test_truncation_anywhere_is_one_clear_error(tmp_path, fmt):
+  tensors, zip_storages, legacy_storages, _ = pth_builder.small_state_dict()
+  good = tmp_path / 'good.pth'
+  if fmt == 'zip':
+    pth_builder.write_zip(good, tensors, zip_storages)
+  else:
+    good.write_bytes(pth_builder.legacy_bytes(tensors, legacy_storages))
+  data = good.read_bytes()
+  path = tmp_path / 'cut.pth'
+  for size in range(len(data)):  # Every field, every byte of it.
+    path.write_bytes(data[:size])
+    with pytest.raises((convert.WeightsFileError, pickle.UnpicklingError),
+                       match='cut.pth') as info:
+      convert.load_pth(str(path))
+    assert isinstance(info.value, errors.UserError) or 'refusing' in str(
+        info.value), (size, repr(info.value))
+
+
+def test_convert_cli_hostile_pth_is_one_line_and_writes_nothing(tmp_path):
+  path = tmp_path / 'expand.pth'
+  pth_builder.write_zip(path, {
+      'conv1_1.weight': ('0', np.float32, 1, 0, (1 << 20, 1 << 20), (0, 0))},
+                        {'0': np.ones(1, np.float32).tobytes()})
+  output = tmp_path / 'out'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'fcn_jax.convert', f'--input={path}',
+       f'--output={output}', '--format=torchfcn'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  lines = proc.stderr.strip().splitlines()
+  assert lines[-1].startswith('error: ') and 'stride-0' in lines[-1]
+  assert 'Traceback' not in proc.stderr and 'MemoryError' not in proc.stderr
+  assert not output.exists()
+
+
+def _tar_with(path, hostile):
+  import io  # pylint: disable=g-import-not-at-top
+  import tarfile  # pylint: disable=g-import-not-at-top
+  with tarfile.open(path, 'w') as tar:
+    info = tarfile.TarInfo('VOC/JPEGImages/a.jpg')
+    info.size = 3
+    tar.addfile(info, io.BytesIO(b'abc'))
+    tar.addfile(hostile)
+
+
+def _member(name, kind, linkname=''):
+  import tarfile  # pylint: disable=g-import-not-at-top
+  info = tarfile.TarInfo(name)
+  info.type = kind
+  info.linkname = linkname
+  return info
+
+
+@pytest.mark.parametrize('case', ['symlink', 'hardlink', 'device', 'fifo',
+                                  'outside', 'absolute'])
+def test_tar_with_links_special_files_or_escapes_is_refused(tmp_path, case):
+  import tarfile  # pylint: disable=g-import-not-at-top
+  from fcn_jax.data import decode  # pylint: disable=g-import-not-at-top
+  from fcn_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
+  hostile = {
+      'symlink': _member('VOC/link', tarfile.SYMTYPE, 'JPEGImages/a.jpg'),
+      'hardlink': _member('VOC/hard', tarfile.LNKTYPE, 'VOC/JPEGImages/a.jpg'),
+      'device': _member('VOC/dev', tarfile.CHRTYPE),
+      'fifo': _member('VOC/fifo', tarfile.FIFOTYPE),
+      'outside': _member('VOC/../../escaped.txt', tarfile.REGTYPE),
+      'absolute': _member('/tmp/escaped-abs.txt', tarfile.REGTYPE),
+  }[case]
+  archive = tmp_path / 'voc.tar'
+  _tar_with(archive, hostile)
+  target = tmp_path / 'out' / 'voc'
+  os.makedirs(target.parent)
+  with pytest.raises(decode.DataError, match='voc.tar: cannot unpack') as info:
+    tfds_builders._extract(str(archive), str(target))  # pylint: disable=protected-access
+  assert '\n' not in str(info.value)
+  assert os.listdir(target.parent) == []  # Nothing half-written, no partial.
+  assert not (tmp_path / 'escaped.txt').exists()
