@@ -147,7 +147,7 @@ def read_modality(modality: str, image_path: str,
                   modality_dirs: dict[str, str]) -> np.ndarray:
   """The `modality` ('hha' or 'depth') file that goes with `image_path`:
   same file name (or same stem, .png) in the folder of --hha / --depth."""
-  folder = modality_dirs.get(modality)
+  folder = os.path.expanduser(modality_dirs.get(modality) or '')
   if not folder:
     raise inference.ImageError(
         f'{image_path}: this model also reads {modality}; give '
