@@ -2,6 +2,7 @@
 
     python -m experiments.report runs/sweeps/<name> [--out=DIR]
         [--baseline=SETTING]
+    python -m experiments.report runs/fcn8s          # one training workdir
 
 Reads `<sweep>/sweep.json` and every run's sweep_run.json, metrics.jsonl and
 config.json (written by experiments.sweep and fcn_jax.main) and writes to the
@@ -16,6 +17,9 @@ sweep directory (or --out):
                against the step, mean over seeds with a +-std band;
   bars.png     final mean IU (and boundary mean IU) per setting with std
                error bars.
+
+Given a single training workdir (metrics.jsonl, no sweep.json), it reports
+that run as a sweep of one: its scores and its learning curves (curves.png).
 
 With --baseline=SETTING (a setting name as the table shows it, e.g.
 model=fcn32s) the table gains a column: each setting's mean IU minus the
@@ -58,6 +62,7 @@ class Run:
   val: list[dict] = dataclasses.field(default_factory=list)
   train: list[dict] = dataclasses.field(default_factory=list)
   log: str = ''
+  dir: str = ''  # The run's workdir.
 
   @property
   def finished(self) -> bool:
@@ -91,10 +96,12 @@ def read_records(path: str) -> dict[str, list[dict]]:
 def load_runs(sweep_dir: str) -> list[Run]:
   """All runs of a sweep directory, in the sweep file's order."""
   sweep = sweep_lib.read_json(os.path.join(sweep_dir, 'sweep.json'))
+  if sweep is None and os.path.isfile(os.path.join(sweep_dir, 'metrics.jsonl')):
+    return [load_workdir(sweep_dir)]
   if sweep is None:
     raise FileNotFoundError(
-        f'{sweep_dir}: no sweep.json; is this a directory written by '
-        'python -m experiments.sweep?')
+        f'{sweep_dir}: neither a sweep (no sweep.json, as written by python -m '
+        'experiments.sweep) nor a training workdir (no metrics.jsonl).')
   runs = []
   for entry in sweep['runs']:
     run_dir = os.path.join(sweep_dir, entry['name'])
@@ -108,16 +115,31 @@ def load_runs(sweep_dir: str) -> list[Run]:
         wall_s=record.get('wall_s', math.nan),
         final_step=config.get('num_train_steps'),
         val=records.get('val', []), train=records.get('train', []),
-        log=os.path.join(run_dir, 'log.txt')))
+        log=os.path.join(run_dir, 'log.txt'), dir=run_dir))
   return runs
+
+
+def load_workdir(workdir: str) -> Run:
+  """One training workdir of `python -m fcn_jax.main` as a run."""
+  config = sweep_lib.read_json(os.path.join(workdir, 'config.json')) or {}
+  records = read_records(os.path.join(workdir, 'metrics.jsonl'))
+  name = os.path.basename(os.path.normpath(os.path.abspath(workdir)))
+  val, final_step = records.get('val', []), config.get('num_train_steps')
+  finished = bool(val) and val[-1]['step'] == final_step
+  return Run(name=name, setting=name, seed=config.get('seed'),
+             status='done' if finished else 'running', final_step=final_step,
+             val=val, train=records.get('train', []), dir=workdir)
 
 
 def class_names(sweep_dir: str, runs: Sequence[Run],
                 num_classes: int) -> list[str]:
   """Class names of the sweep's dataset where cheaply known, else indices."""
   for run in runs:
-    config = sweep_lib.read_json(
-        os.path.join(sweep_dir, run.name, 'config.json'))
+    run_dir = run.dir or os.path.join(sweep_dir, run.name)
+    info = sweep_lib.read_json(os.path.join(run_dir, 'dataset_info.json'))
+    if info and len(info.get('class_names', ())) == num_classes:
+      return list(info['class_names'])
+    config = sweep_lib.read_json(os.path.join(run_dir, 'config.json'))
     if config and config.get('dataset') == 'synthetic':
       from fcn_jax import synthetic  # numpy only: cheap to import.
       if len(synthetic.CLASS_NAMES) == num_classes:
@@ -384,7 +406,8 @@ def write_report(sweep_dir: str, out_dir: str | None = None,
   paths = {'md': os.path.join(out_dir, 'report.md'),
            'csv': os.path.join(out_dir, 'report.csv')}
   with open(paths['md'], 'w') as f:
-    f.write(f'# Sweep `{os.path.basename(os.path.normpath(sweep_dir))}`\n\n')
+    kind = 'Run' if len(runs) == 1 and runs[0].dir == sweep_dir else 'Sweep'
+    f.write(f'# {kind} `{os.path.basename(os.path.normpath(sweep_dir))}`\n\n')
     comparisons = (compare_to_baseline(sweep_dir, runs, baseline)
                    if baseline else None)
     f.write(markdown_table(rows, names, runs, baseline, comparisons))
@@ -407,7 +430,7 @@ def main(argv: Sequence[str]) -> int:
     else:
       args.append(arg)
   if len(args) != 1:
-    print('usage: python -m experiments.report SWEEP_DIR [--out=DIR] '
+    print('usage: python -m experiments.report SWEEP_DIR|WORKDIR [--out=DIR] '
           '[--baseline=SETTING]', file=sys.stderr)
     return 2
   try:

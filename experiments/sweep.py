@@ -40,7 +40,9 @@ from absl import logging
 
 from fcn_jax import cli
 
-DEFAULT_CONFIG = 'fcn_jax/configs/default.py'
+# Inside the package, so that sweeps run from any directory.
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(cli.__file__)),
+                              'configs', 'default.py')
 RUN_FILE = 'sweep_run.json'
 SWEEP_FILE = 'sweep.json'
 LOG_FILE = 'log.txt'
@@ -265,8 +267,7 @@ def execute_run(run_dir: str, overrides: dict[str, Any], config_file: str,
   with open(os.path.join(run_dir, LOG_FILE), 'a') as log:
     log.write(f'$ {" ".join(command)}\n')
     log.flush()
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                               env=_child_env())
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     with _children_lock:
       _children.add(process)
     try:
@@ -280,15 +281,6 @@ def execute_run(run_dir: str, overrides: dict[str, Any], config_file: str,
   record['status'] = 'done' if returncode == 0 else 'failed'
   _write_json(record_path, record)
   return record
-
-
-def _child_env() -> dict[str, str]:
-  """The current environment, with this checkout importable in the child."""
-  env = dict(os.environ)
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env['PYTHONPATH'] = os.pathsep.join(
-      p for p in (root, env.get('PYTHONPATH', '')) if p)
-  return env
 
 
 def run_sweep(runs: Sequence[dict[str, Any]], workdir: str,
@@ -384,4 +376,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  cli.run(main)
+  cli.run(main, path_flags=('sweep', 'workdir', 'config'))

@@ -515,9 +515,8 @@ def measure_peak_rss(framework: str, width: float, fast_ops: str, size_text: str
   cmd = [sys.executable, '-m', 'fcn_jax.benchmark', f'--memory_probe={framework}',
          f'--width={width}', f'--fast_ops={fast_ops}', f'--sizes={size_text}',
          f'--train_batch={batch}']
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get(
-      'PYTHONPATH', ''))
-  done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT,
+  # From the directory holding the fcn_jax package, so `-m` finds it.
+  done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
                         check=False)
   if done.returncode != 0:
     print(f'memory probe {framework} failed:\n{done.stderr[-2000:]}')
@@ -696,4 +695,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, path_flags=('mixed_dir', 'json'))

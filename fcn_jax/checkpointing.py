@@ -33,6 +33,7 @@ import time
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -72,6 +73,40 @@ _TROUBLE_CODES = ('UNKNOWN', 'PERMISSION_DENIED', 'RESOURCE_EXHAUSTED',
 class CheckpointUnavailableError(RuntimeError, errors.UserError):
   """Checkpoints exist but none can be restored, or a save failed (I/O, disk
   full, permissions, memory); no intact checkpoint was moved or deleted."""
+
+
+# A checkpoint may declare more array bytes than it stores (TensorStore
+# compresses, and skips chunks equal to the fill value), but not absurdly
+# more: above this ratio plus slack the declared shapes are not believed.
+MAX_DECLARED_RATIO = 1000
+MAX_DECLARED_SLACK_BYTES = 1 << 30
+
+
+class DeclaredSizeError(ValueError, errors.UserError):
+  """A checkpoint's metadata declares arrays far larger than its files."""
+
+
+def check_declared_sizes(item_dir: str, metadata_tree) -> None:
+  """Raises DeclaredSizeError before restoring absurdly declared arrays.
+
+  Args:
+    item_dir: an Orbax item directory (holding _METADATA and the data).
+    metadata_tree: its item metadata (leaves with .shape and .dtype).
+  """
+  declared = 0
+  for leaf in jax.tree.leaves(metadata_tree):
+    shape = getattr(leaf, 'shape', None)
+    dtype = getattr(leaf, 'dtype', None)
+    if shape is None or dtype is None:
+      continue
+    declared += int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
+  on_disk = sum(os.path.getsize(os.path.join(d, f))
+                for d, _, files in os.walk(item_dir) for f in files)
+  if declared > MAX_DECLARED_RATIO * on_disk + MAX_DECLARED_SLACK_BYTES:
+    raise DeclaredSizeError(
+        f'{item_dir}: the checkpoint declares {declared:,} bytes of arrays '
+        f'but holds {on_disk:,} bytes of files; refusing to allocate them '
+        '(damaged or crafted metadata).')
 
 
 def checkpoint_dir(workdir: str) -> str:

@@ -28,10 +28,13 @@ run code). The output is an Orbax checkpoint directory holding ``params`` and
 from __future__ import annotations
 
 import collections
+import errno
 import hashlib
+import io
 import json
 import os
 import pickle
+import pickletools
 import struct
 import zipfile
 import zlib
@@ -208,7 +211,7 @@ _ALLOWED_GLOBALS = {
 }
 
 
-class _Refused(pickle.UnpicklingError):
+class _Refused(WeightsFileError):
   """The pickle asks for a global outside the allowlist."""
 
 
@@ -251,6 +254,20 @@ def _materialize(obj, source: str):
   return obj
 
 
+def _checked_unpickle(f: io.BytesIO, path: str, load_storage):
+  """Unpickles the next pickle of `f` after checking every length in it.
+
+  The C unpickler allocates a declared bytes length before reading it (a
+  10-byte file can ask for terabytes); pickletools reads the opcodes with
+  their declared lengths checked against what is left, allocating nothing.
+  """
+  start = f.tell()
+  for _ in pickletools.genops(f):
+    pass
+  f.seek(start)
+  return _RestrictedUnpickler(f, path, load_storage).load()
+
+
 def _load_zip(path: str):
   """torch >= 1.6 format: <root>/data.pkl plus one <root>/data/<key> per storage."""
   with zipfile.ZipFile(path) as archive:
@@ -280,8 +297,12 @@ def _load_zip(path: str):
         storages[key] = storage
       return storages[key]
 
-    with archive.open(pickles[0]) as f:
-      obj = _RestrictedUnpickler(f, path, load_storage).load()
+    info = archive.getinfo(pickles[0])
+    if info.file_size > MAX_EXPANDED_TENSOR_BYTES:
+      raise pickle.UnpicklingError(f'{path}: {pickles[0]} declares '
+                                   f'{info.file_size} bytes; too large.')
+    with io.BytesIO(archive.read(info)) as f:
+      obj = _checked_unpickle(f, path, load_storage)
   return _materialize(obj, path)
 
 
@@ -298,8 +319,10 @@ class _View(_Storage):
 
 def _load_legacy(path: str):
   """torch < 1.6 format: magic, protocol, sys info, main pickle, storages."""
-  with open(path, 'rb') as f:
-    header = lambda: _RestrictedUnpickler(f, path, None).load()  # pylint: disable=unnecessary-lambda-assignment
+  with open(path, 'rb') as raw_file:
+    contents = raw_file.read()
+  with io.BytesIO(contents) as f:
+    header = lambda: _checked_unpickle(f, path, None)  # pylint: disable=unnecessary-lambda-assignment
     try:
       magic = header()
     except _Refused:
@@ -326,9 +349,9 @@ def _load_legacy(path: str):
         return storages[view_key]
       return storages[root_key]
 
-    obj = _RestrictedUnpickler(f, path, load_storage).load()
-    keys = _RestrictedUnpickler(f, path, None).load()
-    file_size = os.fstat(f.fileno()).st_size
+    obj = _checked_unpickle(f, path, load_storage)
+    keys = _checked_unpickle(f, path, None)
+    file_size = len(contents)
     if not isinstance(keys, list) or any(k not in storages for k in keys):
       raise ValueError(f'{path}: corrupt storage list.')
     for key in keys:
@@ -342,7 +365,8 @@ def _load_legacy(path: str):
           nbytes > file_size - f.tell()):
         raise ValueError(f'{path}: truncated or corrupt storage {key} '
                          f'(declares {numel} elements).')
-      storage.data = np.frombuffer(f.read(nbytes), storage.dtype)
+      storage.data = np.frombuffer(contents, storage.dtype, numel, f.tell())
+      f.seek(nbytes, io.SEEK_CUR)
     for storage in storages.values():
       if isinstance(storage, _View):
         storage.resolve()
@@ -353,7 +377,8 @@ def _load_legacy(path: str):
 _MALFORMED_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError,
                      KeyError, IndexError, AttributeError, OverflowError,
                      UnicodeDecodeError, zipfile.BadZipFile, zlib.error,
-                     struct.error, RecursionError, NotImplementedError)
+                     struct.error, RecursionError, NotImplementedError,
+                     RuntimeError)  # zipfile: "encrypted" flag bits.
 
 
 def load_pth(path: str):
@@ -379,6 +404,10 @@ def load_pth(path: str):
     return _load_legacy(path)
   except (_Refused, WeightsFileError):
     raise
+  except OSError as e:
+    if e.errno != errno.EINVAL:  # zipfile seeking to a corrupt offset.
+      raise
+    raise WeightsFileError(f'{path}: corrupt zip archive ({e}).') from e
   except _MALFORMED_ERRORS as e:
     text = ' '.join(str(e).split())[:200] or type(e).__name__
     if not text.startswith(path):
@@ -688,6 +717,7 @@ def _restore_tree(item_dir: str, subtree: str | None = None):
       if subtree not in tree:
         raise ValueError(f'{item_dir}: checkpoint has no {subtree!r} entry.')
       tree = {subtree: tree[subtree]}
+    checkpointing.check_declared_sizes(item_dir, tree)
     item = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), dict(tree))
     restore_args = jax.tree.map(
         lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
@@ -938,4 +968,5 @@ if __name__ == '__main__':
   from fcn_jax import cli  # pylint: disable=g-import-not-at-top
   _define_flags()
   # The reader's errors name the file: one line, no traceback.
-  cli.run(main, user_errors=(OSError, ValueError, pickle.UnpicklingError))
+  cli.run(main, user_errors=(OSError, ValueError, pickle.UnpicklingError),
+          path_flags=('input', 'output'))

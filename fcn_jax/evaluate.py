@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from typing import Any
 
@@ -53,18 +52,8 @@ FLAGS = flags.FLAGS
 
 
 def _progress(done: int, total: int, start: float) -> None:
-  """A one-line progress bar with images done and ETA, on stderr."""
-  elapsed = time.time() - start
-  rate = done / elapsed if elapsed > 0 else 0.0
-  eta = (total - done) / rate if rate > 0 else float('nan')
-  width = 30
-  filled = int(width * done / max(total, 1))
-  eta_text = f'{int(eta) // 60}m{int(eta) % 60:02d}s' if np.isfinite(eta) else '?'
-  sys.stderr.write(f'\r[{"#" * filled}{"." * (width - filled)}] {done}/{total}'
-                   f' images, {rate:.1f} img/s, ETA {eta_text}  ')
-  if done == total:
-    sys.stderr.write('\n')
-  sys.stderr.flush()
+  """Progress with images done and ETA, on stderr (see cli.show_progress)."""
+  cli.show_progress(done, total, start, 'images')
 
 
 def confusion(labels: np.ndarray, preds: np.ndarray, num_classes: int
@@ -220,11 +209,16 @@ def write_results(scores: dict, class_names, output_dir: str, split: str,
 def run(workdir: str, checkpoint: str = 'best', split: str = 'val',
         overrides: dict | None = None, max_images: int = 0,
         output_dir: str | None = None, dtype: str = '', progress: bool = True,
-        **predict_kwargs) -> dict:
-  """Loads, evaluates, prints and writes; returns the JSON record."""
+        seed: int | None = None, **predict_kwargs) -> dict:
+  """Loads, evaluates, prints and writes; returns the JSON record.
+
+  `seed` picks one model of a run of several seeds (None: the best).
+  """
   segmenter = inference.load(workdir, checkpoint,
                              config_overrides=overrides or {},
-                             dtype=dtype or None)
+                             dtype=dtype or None, seed=seed)
+  if segmenter.seed_note:
+    print(segmenter.seed_note)
   config = segmenter.config
   train_source, val_source, info = input_pipeline.create_datasets(config)
   if info.num_classes != segmenter.num_classes:
@@ -232,7 +226,7 @@ def run(workdir: str, checkpoint: str = 'best', split: str = 'val',
         f'{segmenter.checkpoint}: the model has {segmenter.num_classes} '
         f'classes but dataset {info.name!r} has {info.num_classes}.')
   source = val_source if split == 'val' else train_source
-  class_names = tuple(info.class_names)
+  class_names = tuple(segmenter.class_names)  # From dataset_info.json.
   step = inference.checkpoint_step(segmenter.checkpoint)
   logging.info('Evaluating %s (step %s) on %s/%s: %d images.',
                segmenter.checkpoint, step, info.name, split, len(source))
@@ -281,9 +275,10 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   writers.quiet_library_logs()
   overrides = config_flags.get_override_values(FLAGS['config'])
-  overrides = _flatten(overrides)
+  overrides = cli.expand_config_paths(_flatten(overrides))
   run(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, overrides,
-      FLAGS.max_images, FLAGS.output_dir, FLAGS.dtype, tta=FLAGS.tta,
+      FLAGS.max_images, FLAGS.output_dir, FLAGS.dtype,
+      seed=None if FLAGS.seed < 0 else FLAGS.seed, tta=FLAGS.tta,
       window=FLAGS.window or None)
 
 
@@ -314,6 +309,9 @@ def _define_flags():
                     "Computation dtype ('' = the training config's).")
   flags.DEFINE_string('output_dir', None, 'Where to write the JSON and plot '
                       '(default: the workdir).')
+  flags.DEFINE_integer('seed', -1, 'For a run of several seeds '
+                       '(config.seeds): the seed to use; -1 = the best by '
+                       'validation mean IU.')
   config_flags.DEFINE_config_dict(
       'config', default_config.get_config(),
       'Overrides of the workdir config.json, e.g. --config.dataset=voc.',
@@ -323,4 +321,5 @@ def _define_flags():
 
 if __name__ == '__main__':
   _define_flags()
-  cli.run(main, user_errors=(ValueError, FileNotFoundError))
+  cli.run(main, user_errors=(ValueError, FileNotFoundError),
+          path_flags=('workdir', 'checkpoint', 'output_dir'))

@@ -190,6 +190,9 @@ def check_resume_config(config, workdir: str, allow_change: bool) -> None:
   except (OSError, ValueError) as e:
     raise ConfigError(f'{path} is unreadable ({e}); it describes the '
                       'checkpoints in this workdir.') from None
+  if not isinstance(saved, dict):
+    raise ConfigError(f'{path} holds a {type(saved).__name__}, not a config '
+                      'object; it describes the checkpoints in this workdir.')
   changed = [k for k in RESUME_KEYS
              if k in saved and saved[k] != config.get(k)]
   if not changed:

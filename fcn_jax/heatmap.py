@@ -207,4 +207,5 @@ if __name__ == '__main__':
   from fcn_jax import cli  # pylint: disable=g-import-not-at-top
   _define_flags()
   # The reader's errors name the file: one line, no traceback.
-  cli.run(main, user_errors=(OSError, ValueError, pickle.UnpicklingError))
+  cli.run(main, user_errors=(OSError, ValueError, pickle.UnpicklingError),
+          path_flags=('weights', 'image', 'output'))

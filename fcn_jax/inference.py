@@ -24,8 +24,10 @@ bfloat16 computation dtype (parameters stay float32).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging as std_logging
 import os
 import re
 from typing import Any, Sequence
@@ -37,17 +39,26 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from PIL import Image
+from PIL import ImageOps
 
+from fcn_jax import checkpointing
+from fcn_jax import dataset_info
 from fcn_jax import errors
 from fcn_jax import input_pipeline
 from fcn_jax import models
 from fcn_jax import tasks
 from fcn_jax import train
 from fcn_jax.configs import default as default_config
+from fcn_jax.data import decode
 
 CONFIG_FILE = 'config.json'
 CHECKPOINTS = 'checkpoints'
 DEFAULT_TTA_SCALES = (0.75, 1.0, 1.25)
+# Images with more pixels are segmented in AUTO_WINDOW tiles, a band of tile
+# rows at a time, even when no window is asked for: the forward pass and the
+# probability buffer then stay bounded instead of growing with the image.
+DEFAULT_MAX_PIXELS = 2048 * 2048
+AUTO_WINDOW = 1024
 
 
 class CheckpointError(ValueError, errors.UserError):
@@ -70,11 +81,16 @@ def read_image(path: str) -> tuple[np.ndarray, list[str]]:
   """
   try:
     with Image.open(path) as image:
+      decode.check_image_size(image, path, ImageError)
       image.load()  # Decode now: truncated files fail here, not later.
-      return to_rgb(image, name=path)
+      # Photos from phones and cameras are often stored sideways with an
+      # EXIF orientation tag; viewers rotate them, so must we.
+      return to_rgb(ImageOps.exif_transpose(image), name=path)
   except ImageError:
     raise
-  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+  except Image.DecompressionBombError as e:
+    raise decode.bomb_error(e, path, ImageError) from None
+  except (OSError, SyntaxError, ValueError) as e:
     raise ImageError(f'{path}: cannot read image ({e}).') from e
 
 
@@ -213,6 +229,8 @@ class Segmenter:
     bucket: pad inputs to `bucket_size` shapes (False: compile every shape).
     compiled_shapes: input shapes the forward pass was compiled for, in
       order (one entry per compilation; its length is the compile count).
+    max_pixels: `segment` tiles larger images automatically, in
+      `auto_window` tiles.
   """
   model: models.FCN
   params: Any
@@ -222,6 +240,10 @@ class Segmenter:
   checkpoint: str = ''
   bucket: bool = True
   compiled_shapes: list = dataclasses.field(default_factory=list)
+  max_pixels: int = DEFAULT_MAX_PIXELS
+  auto_window: int = AUTO_WINDOW
+  # Which seed of a config.seeds checkpoint this is ('' for ordinary runs).
+  seed_note: str = ''
 
   def __post_init__(self):
     self.params = jax.device_put(self.params)
@@ -342,9 +364,59 @@ class Segmenter:
 
   def segment(self, image: Any, **kwargs) -> np.ndarray:
     """(H, W) class indices (uint8 if they fit, else int32); `kwargs` as in
-    `probabilities`."""
-    labels = np.argmax(self.probabilities(image, **kwargs), axis=-1)
-    return labels.astype(np.uint8 if self.num_classes <= 256 else np.int32)
+    `probabilities`.
+
+    Above `max_pixels` pixels and without a window, AUTO_WINDOW tiles are
+    used. Without augmentation, tiled images are done a band of tile rows
+    at a time (same result as `probabilities`' argmax, without holding the
+    whole image's probabilities).
+    """
+    rgb, _ = to_rgb(image)
+    height, width = rgb.shape[:2]
+    window = kwargs.get('window')
+    if not window and height * width > self.max_pixels:
+      window = self.auto_window
+      logging.info('%dx%d image above %d pixels: segmented in %d-pixel tiles.',
+                   width, height, self.max_pixels, window)
+    plain = (not kwargs.get('tta') and not kwargs.get('flip') and
+             tuple(kwargs.get('scales') or (1.0,)) == (1.0,))
+    dtype = np.uint8 if self.num_classes <= 256 else np.int32
+    if plain and window and (height > window or width > window):
+      return self._segment_in_bands(rgb, window, kwargs.get('overlap', 1 / 3),
+                                    dtype)
+    probs = self.probabilities(rgb, **dict(kwargs, window=window))
+    return np.argmax(probs, axis=-1).astype(dtype)
+
+  def _segment_in_bands(self, rgb: np.ndarray, window: int, overlap: float,
+                        dtype) -> np.ndarray:
+    """`_probabilities_one_scale`'s tiling, argmax taken per finished band:
+    only the rows that later tiles still overlap are kept."""
+    height, width = rgb.shape[:2]
+    tile_h, tile_w = min(window, height), min(window, width)
+    margin = int(round(overlap * window))
+    tops = _tile_starts(height, tile_h, margin)
+    lefts = _tile_starts(width, tile_w, margin)
+    labels = np.empty((height, width), dtype)
+    start = 0  # First row still held in `total`.
+    total = np.zeros((0, width, self.num_classes), np.float32)
+    count = np.zeros((0, width, 1), np.float32)
+    for i, top in enumerate(tops):
+      grow = top + tile_h - start - total.shape[0]
+      if grow > 0:
+        total = np.concatenate(
+            [total, np.zeros((grow, width, self.num_classes), np.float32)])
+        count = np.concatenate([count, np.zeros((grow, width, 1), np.float32)])
+      rows = slice(top - start, top - start + tile_h)
+      for left in lefts:
+        crop = rgb[top:top + tile_h, left:left + tile_w]
+        total[rows, left:left + tile_w] += _softmax(self.logits(crop))
+        count[rows, left:left + tile_w] += 1
+      done = tops[i + 1] if i + 1 < len(tops) else height
+      labels[start:done] = np.argmax(
+          total[:done - start] / count[:done - start], axis=-1)
+      total, count = total[done - start:].copy(), count[done - start:].copy()
+      start = done
+    return labels
 
 
 def forward(model: models.FCN, params, images: jax.Array,
@@ -376,8 +448,14 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
       saved = json.load(f)
   except (OSError, ValueError) as e:
     raise CheckpointError(f'{path}: cannot read the run config ({e}).') from e
+  if not isinstance(saved, dict):
+    raise CheckpointError(f'{path}: the run config is a '
+                          f'{type(saved).__name__}, not an object.')
   config = default_config.get_config()
-  _merge(config, saved)
+  try:
+    _merge(config, saved)
+  except (TypeError, ValueError, KeyError, AttributeError) as e:
+    raise CheckpointError(f'{path}: cannot use the run config ({e}).') from e
   return config
 
 
@@ -500,6 +578,36 @@ def restore_params(path: str) -> dict:
   if not os.path.isdir(path):
     raise CheckpointError(f'{path}: checkpoint does not exist or is not a '
                           'directory.')
+  with _no_step_metadata_warning():
+    return _restore_params(path)
+
+
+class _StepMetadataFilter(std_logging.Filter):
+  """Drops Orbax's warning that an item directory has no step metadata.
+
+  The step's _CHECKPOINT_METADATA lives one level up (in the step directory,
+  written by the CheckpointManager); reading an item directory alone, as
+  `restore_params` does, makes Orbax warn about it on every load.
+  """
+
+  def filter(self, record) -> bool:
+    message = record.getMessage()
+    return not ('_CHECKPOINT_METADATA' in message and
+                'does not exist' in message)
+
+
+@contextlib.contextmanager
+def _no_step_metadata_warning():
+  logger = std_logging.getLogger('absl')
+  metadata_filter = _StepMetadataFilter()
+  logger.addFilter(metadata_filter)
+  try:
+    yield
+  finally:
+    logger.removeFilter(metadata_filter)
+
+
+def _restore_params(path: str) -> dict:
   checkpointer = ocp.PyTreeCheckpointer()
   errors = []
   for item in _item_dirs(path):
@@ -515,6 +623,10 @@ def restore_params(path: str) -> dict:
     params_meta, key = _params_subtree(tree)
     if params_meta is None:
       continue
+    try:
+      checkpointing.check_declared_sizes(item, params_meta)
+    except checkpointing.DeclaredSizeError as e:
+      raise CheckpointError(str(e)) from None
     target = jax.tree.map(lambda m: np.zeros((), m.dtype), params_meta)
     restore_args = jax.tree.map(
         lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
@@ -624,14 +736,19 @@ def _path(path) -> str:
   return '/'.join(str(getattr(k, 'key', k)) for k in path)
 
 
-def dataset_meta(config: ml_collections.ConfigDict,
-                 num_classes: int) -> tuple[tuple[str, ...], np.ndarray]:
+def dataset_meta(config: ml_collections.ConfigDict, num_classes: int,
+                 workdir: str | None = None
+                 ) -> tuple[tuple[str, ...], np.ndarray]:
   """Class names and palette for `config.dataset`.
 
-  Reads the dataset's meta data when the dataset is available here; otherwise
-  (e.g. predicting on a machine without the training data) VOC's names for 21
-  classes and numbered names else, with the VOC colour map.
+  Reads `<workdir>/dataset_info.json` (written by training) when there is
+  one; else the dataset's meta data when the dataset is available here;
+  otherwise (e.g. converted weights on a machine without the training data)
+  VOC's names for 21 classes and numbered names else, with the VOC colour map.
   """
+  info = dataset_info.load(workdir) if workdir else None
+  if info is not None and info['num_classes'] == num_classes:
+    return info['class_names'], info['palette']
   try:
     _, _, info = input_pipeline.create_datasets(config)
     if info.num_classes == num_classes:
@@ -657,7 +774,8 @@ VOC_CLASS_NAMES = (
 
 def load(path: str, checkpoint: str | int = 'best', *,
          config_overrides: dict[str, Any] | None = None,
-         dtype: str | None = None, bucket: bool = True) -> Segmenter:
+         dtype: str | None = None, bucket: bool = True,
+         seed: int | None = None) -> Segmenter:
   """Loads a trained FCN for inference in one call.
 
   Args:
@@ -669,6 +787,8 @@ def load(path: str, checkpoint: str | int = 'best', *,
       'fcn8s-atonce'} for converted at-once weights without a config).
     dtype: computation dtype, 'float32' or 'bfloat16' (default: the config's).
     bucket: pad inputs to a few bucket shapes (see `bucket_size`).
+    seed: for a checkpoint of several seeds (config.seeds), the seed to
+      load; None = the best by validation mean IU (fcn_jax.seeds).
 
   Raises:
     CheckpointError: missing/corrupt checkpoint, or one that does not fit the
@@ -700,6 +820,11 @@ def load(path: str, checkpoint: str | int = 'best', *,
                  '%s %d classes, width %g.', checkpoint_path, CONFIG_FILE,
                  config.model, config.num_classes, config.width)
   config = apply_overrides(config, config_overrides or {})
+  from fcn_jax import seeds  # pylint: disable=g-import-not-at-top
+  params, seed_note = seeds.params_of_seed(
+      params, config, config_dir, checkpoint_step(checkpoint_path), seed)
+  if seed_note:
+    logging.info('%s', seed_note)
   if dtype:
     config.dtype = dtype
   if config.model not in models.MODELS:
@@ -710,26 +835,28 @@ def load(path: str, checkpoint: str | int = 'best', *,
   except ValueError as e:
     raise CheckpointError(f'{checkpoint_path}: cannot build the model: {e}')
   check_params_fit(model, params, checkpoint_path)
-  class_names, palette = dataset_meta(config, config.num_classes)
+  class_names, palette = dataset_meta(config, config.num_classes, config_dir)
   return Segmenter(model=model, params=params, config=config,
                    class_names=class_names, palette=palette,
-                   checkpoint=checkpoint_path, bucket=bucket)
+                   checkpoint=checkpoint_path, bucket=bucket,
+                   seed_note=seed_note)
 
 
 def load_from_args(workdir: str | None, checkpoint: str = 'best',
                    dtype: str = '', model: str = '',
-                   bucket: bool = True) -> Segmenter:
+                   bucket: bool = True, seed: int = -1) -> Segmenter:
   """`load` as the command lines name it: --workdir and/or --checkpoint
   (alone, a path), '' for the config's dtype and model."""
   overrides = {'model': model} if model else {}
+  seed = None if seed < 0 else seed
   if workdir:
     return load(workdir, checkpoint, config_overrides=overrides,
-                dtype=dtype or None, bucket=bucket)
+                dtype=dtype or None, bucket=bucket, seed=seed)
   if checkpoint in ('best', 'latest') or str(checkpoint).isdigit():
     raise CheckpointError(f'--checkpoint={checkpoint} needs --workdir; '
                           'without it, --checkpoint must be a path.')
   return load(checkpoint, config_overrides=overrides, dtype=dtype or None,
-              bucket=bucket)
+              bucket=bucket, seed=seed)
 
 
 def checkpoint_step(path: str) -> int | None:

@@ -137,6 +137,8 @@ def create_datasets(config: ml_collections.ConfigDict):
     fcn_jax.data.decode.DataError (a ValueError): for missing or bad files,
       naming the file.
   """
+  decode.set_max_image_pixels(
+      config.get('max_image_pixels', decode.DEFAULT_MAX_IMAGE_PIXELS))
   name = config.dataset
   if not is_known_dataset(name):
     raise ValueError(f'config.dataset={name!r}: unknown dataset; expected one '

@@ -58,7 +58,8 @@ def main(argv):
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train.train_and_evaluate(cli.expand_config_paths(FLAGS.config),
+                             FLAGS.workdir)
   except fault_tolerance.Interrupted as e:
     command = ' '.join(['python -m fcn_jax.main'] +
                        [shlex.quote(a) for a in sys.argv[1:]])
@@ -111,4 +112,4 @@ def define_config_flag():
 
 if __name__ == '__main__':
   define_config_flag()
-  cli.run(main, flags_parser=parse_flags)
+  cli.run(main, flags_parser=parse_flags, path_flags=('workdir',))

@@ -13,8 +13,8 @@ map as a palette PNG of the input's size (pixel value = class index, VOC
 colours in the palette), `<output>/<stem>_overlay.png`, the colours blended
 over the photo, and with --probabilities one grey-level heat map per class,
 `<output>/<stem>_prob_<class>.png`. Images that cannot be read are reported
-by name and the others are still processed; the exit status is 1 if any
-image failed.
+by name and the others are still processed. Exit status: 0 all written, 2
+some images failed (the others were written), 1 a user error (one line).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from absl import logging
 from PIL import Image
 
 from fcn_jax import cli
+from fcn_jax.data import decode
 from fcn_jax import inference
 from fcn_jax import input_pipeline
 from fcn_jax import tasks
@@ -43,6 +44,8 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff',
                     '.webp', '.ppm', '.pgm', '.pbm')
 
 FLAGS = flags.FLAGS
+# Exit status when some inputs failed but the others were written.
+EXIT_SOME_FAILED = 2
 
 
 
@@ -113,9 +116,13 @@ def predict_files(segmenter: inference.Segmenter, paths: list[str],
                                          modality_dirs or {}, overlay_alpha)
         report.sizes.add(image.shape[:2])
         continue
-      probs = segmenter.probabilities(image, tta=tta, scales=scales,
-                                      window=window, overlap=overlap)
-      labels = np.argmax(probs, axis=-1).astype(np.uint8)
+      if probabilities:
+        probs = segmenter.probabilities(image, tta=tta, scales=scales,
+                                        window=window, overlap=overlap)
+        labels = np.argmax(probs, axis=-1).astype(np.uint8)
+      else:  # Bounded memory on huge images (tiles, a band at a time).
+        labels = segmenter.segment(image, tta=tta, scales=scales,
+                                   window=window, overlap=overlap)
       label_path = os.path.join(output, f'{stem}.png')
       visualize.save_label_png(label_path, labels, segmenter.palette)
       overlay_path = os.path.join(output, f'{stem}_overlay.png')
@@ -209,9 +216,12 @@ def main(argv):
   except ValueError:
     raise app.UsageError(f'--scales={",".join(FLAGS.scales)}: expected '
                          'numbers, e.g. 0.75,1,1.25.')
+  decode.set_max_image_pixels(FLAGS.max_image_pixels)
   paths = list_images(FLAGS.input)
   segmenter = inference.load_from_args(FLAGS.workdir, FLAGS.checkpoint, FLAGS.dtype,
-                                        FLAGS.model, FLAGS.bucket)
+                                        FLAGS.model, FLAGS.bucket, FLAGS.seed)
+  if segmenter.seed_note:
+    print(segmenter.seed_note)
   logging.info('Model %s (%d classes) from %s; %d image(s).',
                segmenter.config.model, segmenter.num_classes,
                segmenter.checkpoint, len(paths))
@@ -230,7 +240,7 @@ def main(argv):
     print(f'{len(report.failures)} image(s) failed:', file=sys.stderr)
     for failure in report.failures:
       print(f'  {failure}', file=sys.stderr)
-    sys.exit(1)
+    sys.exit(EXIT_SOME_FAILED)
 
 
 def _define_flags():
@@ -248,6 +258,10 @@ def _define_flags():
                     'Image scales averaged with --tta.')
   flags.DEFINE_integer('window', 1024, 'Images with a side larger than this are '
                        'segmented in overlapping tiles of this size (0 = never).')
+  flags.DEFINE_integer('max_image_pixels', decode.DEFAULT_MAX_IMAGE_PIXELS,
+                       'Largest image read (width x height); larger files are '
+                       'refused as decompression bombs. Raise it for real '
+                       'gigapixel images (they are segmented in tiles).')
   flags.DEFINE_float('overlap', 1 / 3, 'Tile overlap, as a fraction of --window.')
   flags.DEFINE_enum('dtype', '', ['', 'float32', 'bfloat16'], 'Computation '
                     "dtype ('' = the training config's); bfloat16 is for "
@@ -258,6 +272,9 @@ def _define_flags():
                     'mixed sizes reuse compilations.')
   flags.DEFINE_string('model', '', 'Override the model variant (e.g. '
                       'fcn8s-atonce for converted weights without config.json).')
+  flags.DEFINE_integer('seed', -1, 'For a run of several seeds '
+                       '(config.seeds): the seed to use; -1 = the best by '
+                       'validation mean IU.')
   flags.DEFINE_float('overlay_alpha', 0.5, 'Opacity of the colours in overlays.')
   flags.DEFINE_string('hha', None, 'NYUDv2 HHA / RGB-HHA models: folder of '
                       'HHA images named like the inputs.')
@@ -267,4 +284,5 @@ def _define_flags():
 
 if __name__ == '__main__':
   _define_flags()
-  cli.run(main, user_errors=(ValueError, FileNotFoundError))
+  cli.run(main, user_errors=(ValueError, FileNotFoundError),
+          path_flags=('workdir', 'checkpoint', 'input', 'output'))

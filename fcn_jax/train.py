@@ -27,17 +27,20 @@ from absl import logging
 from flax.training import train_state
 
 from fcn_jax import checkpointing
+from fcn_jax import convert
+from fcn_jax import dataset_info
 from fcn_jax import fault_tolerance
 from fcn_jax import input_pipeline
 from fcn_jax import losses
 from fcn_jax import metrics as metrics_lib
 from fcn_jax import models
 from fcn_jax import sharding
+from fcn_jax import summaries
 from fcn_jax import tasks
 from fcn_jax import writers
 
-OPTIMIZERS = ('sgd', 'adam')
-LR_SCHEDULES = ('constant', 'cosine')
+OPTIMIZERS = ('sgd', 'adam', 'adamw')
+LR_SCHEDULES = ('constant', 'cosine', 'poly')
 
 
 ConfigError = fault_tolerance.ConfigError
@@ -136,9 +139,13 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int):
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  decay_steps = max(1, config.num_train_steps - config.warmup_steps)
   if config.lr_schedule == 'cosine':
-    main = optax.cosine_decay_schedule(
-        config.learning_rate, max(1, config.num_train_steps - config.warmup_steps))
+    main = optax.cosine_decay_schedule(config.learning_rate, decay_steps)
+  elif config.lr_schedule == 'poly':
+    # mmsegmentation's default: lr * (1 - t / T) ** power, down to 0.
+    main = optax.polynomial_schedule(config.learning_rate, 0.0,
+                                     config.get('poly_power', 0.9), decay_steps)
   else:
     main = optax.constant_schedule(config.learning_rate)
   if config.warmup_steps <= 0:
@@ -169,12 +176,18 @@ def create_optimizer(config: ml_collections.ConfigDict,
   decay_mask = jax.tree_util.tree_map_with_path(_is_decayed_kernel, params)
   bias_mask = jax.tree_util.tree_map_with_path(_is_bias, params)
   schedule = learning_rate_schedule(config)
+  l2_decay = config.weight_decay
   if config.optimizer == 'sgd':
     optimizer = optax.sgd(schedule, momentum=config.momentum or None)
+  elif config.optimizer == 'adamw':
+    # Decoupled weight decay (same kernels) instead of the L2 gradient term.
+    optimizer = optax.adamw(schedule, weight_decay=config.weight_decay,
+                            mask=decay_mask)
+    l2_decay = 0.0
   else:
     optimizer = optax.adam(schedule)
   return optax.chain(
-      optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+      optax.add_decayed_weights(l2_decay, mask=decay_mask),
       optimizer,
       optax.masked(optax.scale(config.bias_lr_mult), bias_mask),
   )
@@ -348,24 +361,31 @@ def compile_steps(config, mesh):
 
 
 def evaluate(p_eval_step, state, source, batch_size: int, num_classes: int,
-             mesh, boundary_radius: int = 0, extra_heads: dict | None = None,
-             present_only: bool = False, **batching) -> dict:
+             mesh, boundary_radius: int = 0, return_hist: bool = False,
+             extra_heads: dict | None = None, present_only: bool = False,
+             **batching):
   """The paper's scores over a whole split, from one global histogram.
 
   With `boundary_radius` > 0 (and `p_eval_step` compiled with it), the scores
   also hold 'boundary_mean_iu': mean IU over the pixels within
   `boundary_radius` of a label boundary. `batching` (pad_multiple, pad_size)
-  goes to `input_pipeline.eval_batches`. `extra_heads` ({'geo_label': 3})
-  adds the scores of further heads, prefixed 'geo_'; `present_only` averages
-  the main head's means over the classes present in the split
-  (tasks.scores_of).
+  goes to `input_pipeline.eval_batches`. With `return_hist`, returns
+  (scores, the main head's (C, C) confusion matrix). `extra_heads`
+  ({'geo_label': 3}) adds the scores of further heads, prefixed 'geo_';
+  `present_only` averages the main head's means over the classes present in
+  the split (tasks.scores_of).
   """
   sizes = dict({'label': num_classes}, **(extra_heads or {}))
   hist = sharding.replicate(tasks.empty_hist(sizes, boundary_radius), mesh)
   for batch in input_pipeline.eval_batches(source, batch_size, **batching):
     batch = sharding.shard_batch(input_pipeline.model_arrays(batch), mesh)
     hist = p_eval_step(state, hist, batch)
-  return tasks.scores_of(jax.device_get(hist), present_only)
+  hist = jax.device_get(hist)
+  scores = tasks.scores_of(hist, present_only)
+  if not return_hist:
+    return scores
+  main = np.asarray(hist['label'] if isinstance(hist, dict) else hist)
+  return scores, (main[0] if main.ndim == 3 else main)
 
 
 def _format_scores(scores: dict) -> str:
@@ -409,6 +429,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     cleanup.enter_context(fault_tolerance.WorkdirLock(
         workdir, enabled=jax.process_index() == 0))
     stop = cleanup.enter_context(fault_tolerance.StopSignals())
+    from fcn_jax import seeds  # pylint: disable=g-import-not-at-top
+    if seeds.seed_list(config) is not None:  # Many seeds, one program.
+      return seeds.train_seeds(config, workdir, stop, cleanup)
     return _train_and_evaluate(config, workdir, stop, cleanup)
 
 
@@ -433,6 +456,7 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
         config, workdir, config.get('allow_config_change', False))
   if jax.process_index() == 0:
     save_config(config, workdir)
+    dataset_info.save(workdir, info.name, info.class_names, info.palette)
   logging.info('Devices: %d (%s), mesh %s', jax.device_count(),
                jax.devices()[0].platform, dict(mesh.shape))
   logging.info('Dataset %s: %d classes, %d train / %d val images.', info.name,
@@ -469,21 +493,28 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
   start_step = int(state.step)
 
   p_train_step, p_eval_step = compile_steps(config, mesh)
-  writer = writers.MetricWriter(workdir)
+  writer = writers.MetricWriter(workdir, class_names=info.class_names)
   cleanup.callback(writer.close)
+  schedule = learning_rate_schedule(config)
+  summary_examples, predict_fn = _summary_examples(config, val_source, state)
   dropout_rng = sharding.replicate(dropout_rng, mesh)
   faults = fault_tolerance.TestFaults.from_env()
 
   def run_eval(step):
     t0 = time.time()
-    scores = evaluate(p_eval_step, state, val_source, eval_batch_size,
-                      num_classes, mesh, config.get('boundary_radius', 0),
-                      extra_heads={k: len(n) for k, n in info.extra_heads},
-                      present_only=info.present_classes_only,
-                      **input_pipeline.batching_options(config, info))
+    scores, hist = evaluate(
+        p_eval_step, state, val_source, eval_batch_size, num_classes, mesh,
+        config.get('boundary_radius', 0), return_hist=True,
+        extra_heads={k: len(n) for k, n in info.extra_heads},
+        present_only=info.present_classes_only,
+        **input_pipeline.batching_options(config, info))
     logging.info('Eval at step %d (%.1fs): %s', step, time.time() - t0,
                  _format_scores(scores))
     writer.write(step, 'val', scores)
+    if predict_fn is not None:
+      summaries.write_eval_images(writer, step, predict_fn, state.params,
+                                  summary_examples, hist, info.class_names,
+                                  info.palette)
     return scores
 
   scores = None
@@ -494,8 +525,14 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
     batch = faults.corrupt_batch(step, batch)
     batch_ids = batch.get('id')
     batch = sharding.shard_batch(input_pipeline.model_arrays(batch), mesh)
+    if step == start_step + 1:
+      logging.info('Compiling the train step (the first step includes it)...')
+      compile_start = time.time()
     state, step_metrics = p_train_step(state, batch, dropout_rng)
     step_metrics = jax.device_get(step_metrics)
+    if step == start_step + 1:
+      logging.info('First step done in %.1fs (compilation included).',
+                   time.time() - compile_start)
     if _is_finite(step_metrics):
       train_losses.append(step_metrics['loss'])
     else:
@@ -514,13 +551,15 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
       record['loss'] = (float(np.mean(train_losses)) if train_losses
                         else float('nan'))
       record['steps_per_sec'] = rate
+      # The rate of this step's update (optax counts updates from 0).
+      record['learning_rate'] = float(schedule(step - 1))
       if config.get('skip_nonfinite', False):
         record['skipped_updates'] = int(jax.device_get(state.skipped_updates))
       train_losses = []
       writer.write(step, 'train', record)
-      logging.info('Step %d/%d: loss %.4f, %.2f steps/s, ETA %s', step,
-                   config.num_train_steps, record['loss'], rate,
-                   _format_duration(eta))
+      logging.info('Step %d/%d: loss %.4f, lr %.3g, %.2f steps/s, ETA %s',
+                   step, config.num_train_steps, record['loss'],
+                   record['learning_rate'], rate, _format_duration(eta))
 
     is_last = step == config.num_train_steps
     if step % config.eval_every_steps == 0 or is_last:
@@ -598,7 +637,23 @@ def _stop_on_signal(signum, manager, workdir, step, state, train_iter) -> None:
 
 
 def _format_duration(seconds: float) -> str:
+  """'4m05s', or '3h07m' from an hour on."""
   if not np.isfinite(seconds):
     return '?'
   minutes, seconds = divmod(int(seconds), 60)
+  if minutes >= 60:
+    hours, minutes = divmod(minutes, 60)
+    return f'{hours}h{minutes:02d}m'
   return f'{minutes}m{seconds:02d}s'
+
+
+def _summary_examples(config, val_source, state):
+  """The validation examples shown in TensorBoard, and a predict function.
+
+  Single-process runs only (the pictures are drawn by process 0 alone).
+  """
+  count = min(config.get('summary_images', 0), len(val_source))
+  if count <= 0 or jax.process_count() > 1:
+    return [], None
+  examples = [val_source[i] for i in range(count)]
+  return examples, summaries.make_predict_fn(state.apply_fn)

@@ -25,11 +25,14 @@ class MetricWriter:
   """Appends one JSON object per record to `<workdir>/metrics.jsonl` and
   mirrors scalars to TensorBoard event files in the workdir.
 
-  Only process 0 writes, so multi-host runs produce one log.
+  Only process 0 writes, so multi-host runs produce one log. With
+  `class_names`, per-class lists are tagged by name in TensorBoard
+  (`val/per_class_iu/<name>`), else by index.
   """
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, class_names=None):
     self._enabled = jax.process_index() == 0
+    self._class_names = list(class_names) if class_names else None
     self._path = os.path.join(workdir, METRICS_FILE)
     self._tb = None
     if self._enabled:
@@ -49,8 +52,21 @@ class MetricWriter:
       for i, v in values:
         # Classes absent from a split score NaN; TensorBoard has no use for it.
         if v is not None and not math.isnan(float(v)):
-          tag = f'{split}/{key}' if i is None else f'{split}/{key}/{i}'
+          tag = (f'{split}/{key}' if i is None else
+                 f'{split}/{key}/{self._element_name(i, len(value))}')
           self._tb.add_scalar(tag, float(v), step)
+    self._tb.flush()
+
+  def _element_name(self, index: int, length: int) -> str:
+    if self._class_names and length == len(self._class_names):
+      return self._class_names[index]
+    return str(index)
+
+  def write_image(self, step: int, tag: str, image) -> None:
+    """An (H, W, 3) uint8 RGB picture as a TensorBoard image summary."""
+    if not self._enabled:
+      return
+    self._tb.add_image(tag, image, step, dataformats='HWC')
     self._tb.flush()
 
   def close(self) -> None:

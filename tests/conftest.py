@@ -1,4 +1,5 @@
-"""Shared test setup: run from the repository root, on the CPU.
+"""Shared test setup: on the CPU (the repository root is on the path through
+pyproject.toml's `pythonpath`).
 
 Under CI=true (how .ci/run runs) a test skipped because torch is missing
 fails instead: the PyTorch parity tests are the only end-to-end checks
@@ -6,13 +7,9 @@ against an independent implementation, and a silent skip hides their loss.
 """
 
 import os
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 # Skip reasons that name a test-only dependency CI must have.

@@ -1,9 +1,13 @@
 """One-line user errors (fcn_jax.cli, fcn_jax.errors)."""
 
+import os
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from fcn_jax import cli
 from fcn_jax import errors
@@ -82,3 +86,63 @@ def test_main_reports_unknown_config_keys_in_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith(expected), proc.stderr[-2000:]
     assert 'Traceback' not in proc.stderr
+
+
+def test_missing_data_dir_is_one_line_naming_the_expanded_path(tmp_path):
+  env = dict(os.environ, HOME=str(tmp_path))
+  proc = subprocess.run(
+      [sys.executable, '-m', 'fcn_jax.main', '--workdir=~/runs/x',
+       '--config.dataset=voc_dir', '--config.data_dir=~/missing'],
+      capture_output=True, text=True, timeout=120, check=False, env=env)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f"error: config.data_dir='{tmp_path}/missing': folder not found.")
+  assert 'Traceback' not in proc.stderr
+  assert not os.path.exists(os.path.join('~', 'runs'))  # No literal '~' dir.
+
+
+_WORKER_SCRIPT = '''
+import sys
+from fcn_jax import cli, input_pipeline
+from fcn_jax.configs import default
+
+def main(argv):
+  config = default.get_tiny_config()
+  config.dataset, config.data_dir = 'voc_dir', argv[1]
+  config.image_size, config.batch_size = 32, 3
+  train_source, _, info = input_pipeline.create_datasets(config)
+  ds = input_pipeline.train_dataset_from_config(train_source, config, info)
+  iterator = input_pipeline.train_iterator(ds, num_workers=1, prefetch=2)
+  try:
+    for _ in range(4):
+      next(iterator)
+  finally:
+    iterator.close()
+
+cli.run(main)
+'''
+
+
+def test_error_in_a_data_worker_process_is_one_line(tmp_path):
+  # A bad label read by a grain worker process reaches the user as the same
+  # one line as without workers: no traceback through grain, no leaked
+  # shared memory reported at exit.
+  root = tmp_path / 'voc'
+  shutil.copytree(os.path.join(os.path.dirname(__file__), 'data',
+                               'voc-real-mini'), root)
+  label_path = root / 'SegmentationClass' / '2011_000003.png'
+  with Image.open(label_path) as image:
+    label, palette = np.array(image), image.getpalette()
+  label[:5, :5] = 77
+  bad = Image.fromarray(label, 'P')
+  bad.putpalette(palette)
+  bad.save(label_path)
+  proc = subprocess.run([sys.executable, '-c', _WORKER_SCRIPT, str(root)],
+                        capture_output=True, text=True, timeout=300,
+                        check=False, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert proc.stderr.splitlines()[-1] == (
+      f'error: {label_path}: label values [77] are outside [0, 21) and not '
+      'the ignore label 255.')
+  for noise in ('Traceback', 'leaked', 'resource_tracker', 'Grain'):
+    assert noise not in proc.stderr, proc.stderr[-3000:]

@@ -170,3 +170,127 @@ def test_tar_with_links_special_files_or_escapes_is_refused(tmp_path, case):
   assert '\n' not in str(info.value)
   assert os.listdir(target.parent) == []  # Nothing half-written, no partial.
   assert not (tmp_path / 'escaped.txt').exists()
+
+
+def _png_bytes(width, height):
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  buffer = io.BytesIO()
+  Image.fromarray(np.zeros((height, width, 3), np.uint8)).save(buffer, 'PNG')
+  return buffer.getvalue()
+
+
+def _with_declared_size(png: bytes, width: int, height: int) -> bytes:
+  """`png` whose IHDR declares width x height (CRC fixed): a bomb header."""
+  import struct  # pylint: disable=g-import-not-at-top
+  import zlib as zlib_  # pylint: disable=g-import-not-at-top
+  ihdr = bytearray(png[12:29])  # b'IHDR' + 13 data bytes.
+  ihdr[4:12] = struct.pack('>II', width, height)
+  crc = struct.pack('>I', zlib_.crc32(bytes(ihdr)) & 0xffffffff)
+  return png[:12] + bytes(ihdr) + crc + png[33:]
+
+
+def _jpeg_with_declared_size(width: int, height: int) -> bytes:
+  import io  # pylint: disable=g-import-not-at-top
+  import struct  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  buffer = io.BytesIO()
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buffer, 'JPEG')
+  data = bytearray(buffer.getvalue())
+  sof = data.index(b'\xff\xc0')  # Baseline frame header: P, Y, X.
+  data[sof + 5:sof + 9] = struct.pack('>HH', height, width)
+  return bytes(data)
+
+
+@pytest.mark.parametrize('kind', ['png', 'jpeg'])
+def test_decompression_bomb_is_our_error_and_the_limit_can_be_raised(
+    tmp_path, monkeypatch, kind):
+  from fcn_jax import inference  # pylint: disable=g-import-not-at-top
+  from fcn_jax.data import decode  # pylint: disable=g-import-not-at-top
+  monkeypatch.delenv(decode.MAX_PIXELS_ENV, raising=False)
+  # 60000 x 60000 declared in a file of a few hundred bytes; also one just
+  # above the limit, where PIL itself only warns and would decode 300 MB.
+  for width, height in ((60000, 60000), (10000, 9000)):
+    path = tmp_path / f'bomb.{kind}'
+    path.write_bytes(_with_declared_size(_png_bytes(8, 8), width, height)
+                     if kind == 'png' else
+                     _jpeg_with_declared_size(width, height))
+    assert os.path.getsize(path) < 2000
+    message = f'{width * height:,} pixels, above the limit of 89,478,485'
+    with pytest.raises(decode.DataError, match=message):
+      decode.read_image(str(path))
+    with pytest.raises(inference.ImageError, match=message):
+      inference.read_image(str(path))
+    if kind == 'png':
+      with pytest.raises(decode.DataError, match=message):
+        decode.read_label_png(str(path))
+  # A real image above a lowered limit is refused; raising it reads it.
+  path = tmp_path / f'real.{kind}'
+  path.write_bytes(_png_bytes(40, 30))
+  try:
+    decode.set_max_image_pixels(1000)
+    with pytest.raises(decode.DataError,
+                       match='raise config.max_image_pixels'):
+      decode.read_image(str(path))
+    decode.set_max_image_pixels(1200)
+    assert decode.read_image(str(path)).shape == (30, 40, 3)
+    assert inference.read_image(str(path))[0].shape == (30, 40, 3)
+  finally:
+    decode.set_max_image_pixels(decode.DEFAULT_MAX_IMAGE_PIXELS)
+
+
+def test_huge_image_is_segmented_in_bands_with_bounded_memory():
+  import tracemalloc  # pylint: disable=g-import-not-at-top
+  from fcn_jax import inference  # pylint: disable=g-import-not-at-top
+  from fcn_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from fcn_jax import models  # pylint: disable=g-import-not-at-top
+  from fcn_jax.configs import default  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  model = models.get_model('fcn8s', 4, width=1 / 16, input_padding=1,
+                           fc6_padding=3)
+  rng = np.random.default_rng(1)
+  # Random He-scaled weights from the shapes alone (no eager init: fast).
+  params = jax.tree.map(
+      lambda s: (rng.normal(size=s.shape) * np.sqrt(
+          2 / np.prod(s.shape[:-1])) if len(s.shape) == 4 else
+                 np.zeros(s.shape)).astype(np.float32),
+      jax.eval_shape(lambda: models.init_params(model, jax.random.key(0))))
+  segmenter = inference.Segmenter(
+      model=model, params=params, config=default.get_tiny_config(),
+      class_names=('a', 'b', 'c', 'd'), palette=input_pipeline.voc_palette(4),
+      max_pixels=32 * 32, auto_window=32)
+  image = np.random.default_rng(0).integers(0, 256, (480, 40, 3), np.uint8)
+  # Reference: every tile's probabilities summed into one whole-image buffer.
+  full = np.argmax(segmenter.probabilities(image, window=32), axis=-1)
+  assert len(np.unique(full)) > 1
+  segmenter.logits(image[:32, :32])  # Compiled before measuring.
+  tracemalloc.start()
+  labels = segmenter.segment(image)  # No window asked: the budget tiles it.
+  _, peak = tracemalloc.get_traced_memory()
+  tracemalloc.stop()
+  np.testing.assert_array_equal(labels, full)
+  whole_image_probabilities = 480 * 40 * 4 * 4
+  assert peak < whole_image_probabilities / 2, peak
+
+
+def test_orbax_checkpoint_declaring_absurd_sizes_is_refused(tmp_path):
+  import tensorstore as ts  # pylint: disable=g-import-not-at-top
+  from fcn_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from fcn_jax import inference  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / 'converted')
+  convert.save_params(path, {'conv1_1': {
+      'kernel': np.ones((3, 3, 3, 4), np.float32),
+      'bias': np.zeros(4, np.float32)}}, {'format': 'test'})
+  # Rewrite one array's zarr metadata to declare 48 TiB (no data written).
+  ts.open({'driver': 'zarr', 'path': 'conv1_1.kernel',
+           'kvstore': {'driver': 'ocdbt', 'base': f'file://{path}/params/'},
+           'metadata': {'shape': [1 << 20, 1 << 20, 3, 4],
+                        'chunks': [1, 1, 3, 4], 'dtype': '<f4'}},
+          create=True, delete_existing=True).result()
+  before = _max_rss_mb()
+  with pytest.raises(checkpointing.DeclaredSizeError,
+                     match='declares 52,776,558,133,264 bytes of arrays'):
+    convert.load_params(path)
+  with pytest.raises(inference.CheckpointError, match='refusing to allocate'):
+    inference.restore_params(path)
+  assert _max_rss_mb() - before < 100

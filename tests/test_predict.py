@@ -59,20 +59,28 @@ def test_predict_folder_of_mixed_images(trained_workdir, tmp_path):
       folder / 'rgba.png')
   Image.fromarray(gray.astype(np.uint16) * 257).save(folder / 'deep16.png')
   (folder / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
+  # Stored 24 wide and 40 high, shown (and segmented) 40 wide and 24 high:
+  # EXIF orientation 6 (in the 32x64 bucket of the small images).
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  Image.fromarray(rng.integers(0, 256, (40, 24, 3), dtype=np.uint8)).save(
+      folder / 'sideways.jpg', exif=exif)
   (folder / 'README.txt').write_text('not an image, skipped')
   out = tmp_path / 'out'
   result = run_module('fcn_jax.predict', f'--workdir={trained_workdir}',
                       '--checkpoint=6', f'--input={folder}', f'--output={out}',
                       '--probabilities')
   # The broken file fails (named, non-zero exit); the others are written.
-  assert result.returncode == 1, result.stderr[-2000:]
+  assert result.returncode == 2, result.stderr[-2000:]  # Some failed.
   assert 'broken.jpg: cannot read image' in result.stderr
-  assert 'Segmented 5 of 6 image(s)' in result.stdout
+  assert 'Segmented 6 of 7 image(s)' in result.stdout
+  assert '_CHECKPOINT_METADATA' not in result.stderr  # No Orbax warning.
   for warning in ('gray.png: grayscale', 'rgba.png: alpha',
                   'deep16.png: 16-bit'):
     assert warning in result.stderr
   sizes = {'2007_000129': (500, 334), '2011_000003': (338, 500),
-           'gray': (31, 45), 'rgba': (21, 33), 'deep16': (31, 45)}
+           'gray': (31, 45), 'rgba': (21, 33), 'deep16': (31, 45),
+           'sideways': (24, 40)}
   names = inference.load(trained_workdir, '6').class_names
   for stem, size in sizes.items():
     with Image.open(out / f'{stem}.png') as labels:
@@ -82,8 +90,8 @@ def test_predict_folder_of_mixed_images(trained_workdir, tmp_path):
     for name in names:
       assert (out / f'{stem}_prob_{name}.png').exists()
   assert not (out / 'broken.png').exists()
-  # 4 distinct sizes, 3 bucket shapes: 512x384, 384x512 and 32x64 (shared by
-  # the 31x45 and 21x33 images): one compilation each.
+  # 5 distinct sizes, 3 bucket shapes: 512x384, 384x512 and 32x64 (shared by
+  # the 31x45, 21x33 and 24x40 images): one compilation each.
   compiled = int(re.search(r'(\d+) compilation', result.stdout).group(1))
   buckets = {(inference.bucket_size(h), inference.bucket_size(w))
              for h, w in sizes.values()}

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from fcn_jax import checkpointing
+from fcn_jax import inference
 from fcn_jax import input_pipeline
 from fcn_jax import models
 from fcn_jax import sharding
@@ -233,3 +234,40 @@ def test_paper_recipes_hold_the_reference_solver_settings(
   assert (config.dataset, config.image_size, config.width,
           config.random_flip) == ('sbd', 0, 1.0, False)
   train.validate_config(config, num_devices=1)
+
+
+def test_run_describes_its_dataset_and_shows_predictions(finished_run):
+  """dataset_info.json, learning_rate records, TensorBoard pictures."""
+  from test_first_contact import read_events  # pylint: disable=g-import-not-at-top
+  workdir, _ = finished_run
+  config = _tiny()
+  _, val_source, info = input_pipeline.create_datasets(config)
+  with open(os.path.join(workdir, 'dataset_info.json')) as f:
+    saved = json.load(f)
+  assert saved['class_names'] == list(info.class_names)
+  assert saved['num_classes'] == 7 and saved['ignore_label'] == 255
+  train_records = [r for r in writers.read_metrics(workdir)
+                   if r['split'] == 'train']
+  assert [r['learning_rate'] for r in train_records] == [
+      pytest.approx(config.learning_rate)] * 3  # The tiny config's constant.
+  events = read_events(workdir)
+  assert events['val/per_class_iu/background', 6] == pytest.approx(
+      writers.read_metrics(workdir)[-1]['per_class_iu'][0])
+  assert events['train/learning_rate', 2] == pytest.approx(config.learning_rate)
+  assert ('val/confusion_matrix', 3) in events
+  # The step-6 strips: input | truth | prediction of the final parameters,
+  # recomputed here through the notebook API (which reads the class names
+  # from dataset_info.json).
+  segmenter = inference.load(workdir, 'latest', bucket=False)
+  assert segmenter.class_names == info.class_names
+  colours = input_pipeline.voc_palette(256)
+  colours[:7] = info.palette
+  for i in range(config.summary_images):
+    example = val_source[i]
+    strip = events[f'val/predictions/{i}', 6]
+    height, width = example['label'].shape
+    np.testing.assert_array_equal(strip[:, :width], example['image'])
+    np.testing.assert_array_equal(strip[:, width + 4:2 * width + 4],
+                                  colours[example['label']])
+    np.testing.assert_array_equal(strip[:, 2 * width + 8:],
+                                  colours[segmenter.segment(example['image'])])

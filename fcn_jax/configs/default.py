@@ -102,11 +102,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = -1
   config.num_train_steps = 800
 
-  # Optimizer: 'sgd' (with momentum; the reference) or 'adam'.
+  # Optimizer: 'sgd' (with momentum; the reference), 'adam', or 'adamw' (Adam
+  # with decoupled weight decay: config.weight_decay on the same kernels).
   config.optimizer = 'adam'
   config.learning_rate = 3e-3
-  # Learning-rate schedule: 'constant' (the reference) or 'cosine' decay to 0.
+  # Learning-rate schedule: 'constant' (the reference), 'cosine' decay to 0, or
+  # 'poly': lr * (1 - t / T) ** poly_power down to 0 (mmsegmentation's default).
   config.lr_schedule = 'cosine'
+  # Exponent of the 'poly' schedule (0.9 in mmsegmentation and DeepLab).
+  config.poly_power = 0.9
   # Linear warm-up steps (0 = none).
   config.warmup_steps = 50
   # SGD momentum (0.99 in the reference, with batch 1 and the summed loss).
@@ -127,8 +131,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.eval_every_steps = 400
   config.checkpoint_every_steps = 400
+  # Validation images shown in TensorBoard at every evaluation as input /
+  # ground truth / prediction (the first ones of the split; 0 = none).
+  config.summary_images = 3
   # Checkpoints kept: the last `keep_checkpoints` plus the best by val mean IU.
   config.keep_checkpoints = 2
+  # Largest image decoded (width x height); larger files are refused as
+  # decompression bombs. Raise it for real gigapixel images.
+  config.max_image_pixels = 89_478_485
   # Multi-process runs: every this many steps the processes agree whether a
   # SIGTERM/SIGINT reached any of them, and then all save and stop at that
   # step (a host-only exchange, no device sync). One process checks every step.
@@ -146,6 +156,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.init_from = ''
 
   config.seed = 0
+  # Many seeds in one program (fcn_jax/seeds.py): '' = one run of
+  # config.seed; '0,1,2,3' = one independent model per listed seed, vmapped
+  # in one compiled train step; a lone count '4' = seeds 0..3.
+  config.seeds = ''
   return config
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from typing import Sequence
 
 import numpy as np
@@ -18,6 +19,56 @@ from PIL import Image
 from fcn_jax import errors
 
 IGNORE_LABEL = 255
+# Largest image (width x height) decoded: PIL's own default. A file can
+# declare any size in a few bytes (a "decompression bomb"); above this it is
+# refused before decoding. Raise it for real gigapixel images with
+# `set_max_image_pixels` (config.max_image_pixels, predict
+# --max_image_pixels). The environment variable carries it into data worker
+# processes.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+MAX_PIXELS_ENV = 'FCN_JAX_MAX_IMAGE_PIXELS'
+
+
+def max_image_pixels() -> int:
+  text = os.environ.get(MAX_PIXELS_ENV, '')
+  return int(text) if text.isdigit() else DEFAULT_MAX_IMAGE_PIXELS
+
+
+def set_max_image_pixels(pixels: int) -> None:
+  """Sets the decoded-image size limit (this process and its workers)."""
+  if pixels <= 0:
+    raise DataError(f'max_image_pixels={pixels}: must be positive.')
+  os.environ[MAX_PIXELS_ENV] = str(int(pixels))
+  Image.MAX_IMAGE_PIXELS = int(pixels)
+
+
+def check_image_size(image: Image.Image, name: str, error=None) -> None:
+  """Raises `error` (default DataError) if `image` declares more pixels
+  than `max_image_pixels()`; call before decoding its data."""
+  width, height = image.size
+  limit = max_image_pixels()
+  if width * height > limit:
+    raise (error or DataError)(
+        f'{name}: image declares {width}x{height} = {width * height:,} '
+        f'pixels, above the limit of {limit:,} (a decompression bomb?); for '
+        'real images that large raise config.max_image_pixels '
+        '(--max_image_pixels in predict).')
+
+
+def bomb_error(error: Exception, name: str, cls=None) -> Exception:
+  """PIL's DecompressionBombError (raised at twice PIL's limit, before
+  `check_image_size` can look) as our one-line error."""
+  found = re.search(r'\((\d+) pixels\)', str(error))
+  pixels = f'{int(found.group(1)):,} pixels' if found else 'too many pixels'
+  return (cls or DataError)(
+      f'{name}: image declares {pixels}, above the limit of '
+      f'{max_image_pixels():,} (a decompression bomb?); for real images that '
+      'large raise config.max_image_pixels (--max_image_pixels in predict).')
+
+
+# PIL's own check (a warning above its limit, an error at twice it) uses
+# the same limit.
+Image.MAX_IMAGE_PIXELS = max_image_pixels()
 
 
 class DataError(ValueError, errors.UserError):
@@ -103,7 +154,12 @@ def _open_image(path_or_file, name: str | None = None) -> Image.Image:
     raise DataError(f'{name}: file not found.')
   try:
     image = Image.open(path_or_file)
+    check_image_size(image, name)
     image.load()  # Decode now, so truncated files fail here.
+  except DataError:
+    raise
+  except Image.DecompressionBombError as e:
+    raise bomb_error(e, name) from None
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     raise DataError(f'{name}: unreadable or truncated image ({e}).') from None
   return image
@@ -128,8 +184,11 @@ def read_split(path: str) -> list[str]:
   """Reads a split list: one image id per line (first column), no blanks."""
   if not os.path.isfile(path):
     raise DataError(f'{path}: split list not found.')
-  with open(path) as f:
-    ids = [line.split()[0] for line in f if line.strip()]
+  try:
+    with open(path, encoding='utf-8') as f:
+      ids = [line.split()[0] for line in f if line.strip()]
+  except UnicodeDecodeError as e:
+    raise DataError(f'{path}: split list is not UTF-8 text ({e}).') from None
   if not ids:
     raise DataError(f'{path}: split list is empty.')
   return ids

@@ -53,4 +53,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, path_flags=('data_dir', 'manual_dir'))

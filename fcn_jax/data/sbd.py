@@ -17,9 +17,9 @@ import importlib.resources
 import os
 
 import numpy as np
-import scipy.io
 
 from fcn_jax.data import decode
+from fcn_jax.data import mat5
 from fcn_jax.data import voc
 
 SPLITS_PACKAGE = 'fcn_jax.data.splits'
@@ -40,16 +40,14 @@ def read_sbd_label(path: str) -> np.ndarray:
   if not os.path.isfile(path):
     raise decode.DataError(f'{path}: file not found.')
   try:
-    mat = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
-  except (ValueError, OSError, TypeError, NotImplementedError,
-          scipy.io.matlab.MatReadError) as e:
-    raise decode.DataError(f'{path}: unreadable .mat file ({e}).') from None
-  try:
-    label = np.asarray(mat['GTcls'].Segmentation)
-  except (KeyError, AttributeError):
+    with open(path, 'rb') as f:
+      label = mat5.read_struct_field(f.read(), 'GTcls', 'Segmentation')
+  except mat5.MissingFieldError:
     raise decode.DataError(
         f'{path}: no GTcls.Segmentation in the .mat file (is this an SBD '
         'cls/ file?).') from None
+  except mat5.MatError as e:
+    raise decode.DataError(f'{path}: unreadable .mat file ({e}).') from None
   if label.ndim != 2 or label.size == 0:
     raise decode.DataError(f'{path}: GTcls.Segmentation has shape '
                            f'{label.shape}; expected a 2-D label map.')
