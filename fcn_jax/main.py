@@ -22,6 +22,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from fcn_jax import cli
+from fcn_jax import errors
 from fcn_jax import distributed
 from fcn_jax import fault_tolerance
 from fcn_jax import train
@@ -54,7 +55,7 @@ def main(argv):
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id, auto_detect=FLAGS.distributed)
   except ValueError as e:
-    raise app.UsageError(str(e)) from None
+    raise errors.FlagError(str(e)) from None
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   try:
@@ -90,7 +91,7 @@ def _unknown_config_key(error: Exception, argv) -> None:
 def parse_flags(argv):
   """absl's flag parsing, plus a one-line error for an unknown config key."""
   try:
-    return app.parse_flags_with_usage(argv)
+    return cli.parse_flags(argv)
   except (AttributeError, KeyError, TypeError) as e:
     _unknown_config_key(e, argv)
 
