@@ -167,11 +167,16 @@ def write_results(scores: dict, class_names, output_dir: str, split: str,
 def run(workdir: str, checkpoint: str = 'best', split: str = 'val',
         overrides: dict | None = None, max_images: int = 0,
         output_dir: str | None = None, dtype: str = '', progress: bool = True,
-        **predict_kwargs) -> dict:
-  """Loads, evaluates, prints and writes; returns the JSON record."""
+        seed: int | None = None, **predict_kwargs) -> dict:
+  """Loads, evaluates, prints and writes; returns the JSON record.
+
+  `seed` picks one model of a run of several seeds (None: the best).
+  """
   segmenter = inference.load(workdir, checkpoint,
                              config_overrides=overrides or {},
-                             dtype=dtype or None)
+                             dtype=dtype or None, seed=seed)
+  if segmenter.seed_note:
+    print(segmenter.seed_note)
   config = segmenter.config
   train_source, val_source, info = input_pipeline.create_datasets(config)
   if info.num_classes != segmenter.num_classes:
@@ -212,7 +217,8 @@ def main(argv):
   overrides = config_flags.get_override_values(FLAGS['config'])
   overrides = cli.expand_config_paths(_flatten(overrides))
   run(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, overrides,
-      FLAGS.max_images, FLAGS.output_dir, FLAGS.dtype, tta=FLAGS.tta,
+      FLAGS.max_images, FLAGS.output_dir, FLAGS.dtype,
+      seed=None if FLAGS.seed < 0 else FLAGS.seed, tta=FLAGS.tta,
       window=FLAGS.window or None)
 
 
@@ -243,6 +249,9 @@ def _define_flags():
                     "Computation dtype ('' = the training config's).")
   flags.DEFINE_string('output_dir', None, 'Where to write the JSON and plot '
                       '(default: the workdir).')
+  flags.DEFINE_integer('seed', -1, 'For a run of several seeds '
+                       '(config.seeds): the seed to use; -1 = the best by '
+                       'validation mean IU.')
   config_flags.DEFINE_config_dict(
       'config', default_config.get_config(),
       'Overrides of the workdir config.json, e.g. --config.dataset=voc.',

@@ -239,7 +239,10 @@ def main(argv):
   flags_ = flags.FLAGS
   shapes = parse_shapes(flags_.shapes)
   segmenter = inference.load_from_args(flags_.workdir, flags_.checkpoint,
-                                       flags_.dtype, flags_.model)
+                                       flags_.dtype, flags_.model,
+                                       seed=flags_.seed)
+  if segmenter.seed_note:
+    print(segmenter.seed_note)
   files = export_segmenter(segmenter, flags_.output, shapes,
                            tuple(flags_.platforms))
   print(f'Exported {segmenter.config.model} ({segmenter.num_classes} classes) '
@@ -261,6 +264,9 @@ def _define_flags():
   flags.DEFINE_enum('dtype', '', ['', 'float32', 'bfloat16'],
                     "Computation dtype ('' = the training config's).")
   flags.DEFINE_string('model', '', 'Override the model variant.')
+  flags.DEFINE_integer('seed', -1, 'For a run of several seeds '
+                       '(config.seeds): the seed to use; -1 = the best by '
+                       'validation mean IU.')
   flags.mark_flags_as_required(['output'])
 
 

@@ -241,6 +241,8 @@ class Segmenter:
   compiled_shapes: list = dataclasses.field(default_factory=list)
   max_pixels: int = DEFAULT_MAX_PIXELS
   auto_window: int = AUTO_WINDOW
+  # Which seed of a config.seeds checkpoint this is ('' for ordinary runs).
+  seed_note: str = ''
 
   def __post_init__(self):
     self.params = jax.device_put(self.params)
@@ -741,7 +743,8 @@ VOC_CLASS_NAMES = (
 
 def load(path: str, checkpoint: str | int = 'best', *,
          config_overrides: dict[str, Any] | None = None,
-         dtype: str | None = None, bucket: bool = True) -> Segmenter:
+         dtype: str | None = None, bucket: bool = True,
+         seed: int | None = None) -> Segmenter:
   """Loads a trained FCN for inference in one call.
 
   Args:
@@ -753,6 +756,8 @@ def load(path: str, checkpoint: str | int = 'best', *,
       'fcn8s-atonce'} for converted at-once weights without a config).
     dtype: computation dtype, 'float32' or 'bfloat16' (default: the config's).
     bucket: pad inputs to a few bucket shapes (see `bucket_size`).
+    seed: for a checkpoint of several seeds (config.seeds), the seed to
+      load; None = the best by validation mean IU (fcn_jax.seeds).
 
   Raises:
     CheckpointError: missing/corrupt checkpoint, or one that does not fit the
@@ -784,6 +789,11 @@ def load(path: str, checkpoint: str | int = 'best', *,
                  '%s %d classes, width %g.', checkpoint_path, CONFIG_FILE,
                  config.model, config.num_classes, config.width)
   config = apply_overrides(config, config_overrides or {})
+  from fcn_jax import seeds  # pylint: disable=g-import-not-at-top
+  params, seed_note = seeds.params_of_seed(
+      params, config, config_dir, checkpoint_step(checkpoint_path), seed)
+  if seed_note:
+    logging.info('%s', seed_note)
   if dtype:
     config.dtype = dtype
   if config.model not in models.MODELS:
@@ -797,23 +807,25 @@ def load(path: str, checkpoint: str | int = 'best', *,
   class_names, palette = dataset_meta(config, config.num_classes, config_dir)
   return Segmenter(model=model, params=params, config=config,
                    class_names=class_names, palette=palette,
-                   checkpoint=checkpoint_path, bucket=bucket)
+                   checkpoint=checkpoint_path, bucket=bucket,
+                   seed_note=seed_note)
 
 
 def load_from_args(workdir: str | None, checkpoint: str = 'best',
                    dtype: str = '', model: str = '',
-                   bucket: bool = True) -> Segmenter:
+                   bucket: bool = True, seed: int = -1) -> Segmenter:
   """`load` as the command lines name it: --workdir and/or --checkpoint
   (alone, a path), '' for the config's dtype and model."""
   overrides = {'model': model} if model else {}
+  seed = None if seed < 0 else seed
   if workdir:
     return load(workdir, checkpoint, config_overrides=overrides,
-                dtype=dtype or None, bucket=bucket)
+                dtype=dtype or None, bucket=bucket, seed=seed)
   if checkpoint in ('best', 'latest') or str(checkpoint).isdigit():
     raise CheckpointError(f'--checkpoint={checkpoint} needs --workdir; '
                           'without it, --checkpoint must be a path.')
   return load(checkpoint, config_overrides=overrides, dtype=dtype or None,
-              bucket=bucket)
+              bucket=bucket, seed=seed)
 
 
 def checkpoint_step(path: str) -> int | None:

@@ -149,7 +149,9 @@ def main(argv):
   decode.set_max_image_pixels(FLAGS.max_image_pixels)
   paths = list_images(FLAGS.input)
   segmenter = inference.load_from_args(FLAGS.workdir, FLAGS.checkpoint, FLAGS.dtype,
-                                        FLAGS.model, FLAGS.bucket)
+                                        FLAGS.model, FLAGS.bucket, FLAGS.seed)
+  if segmenter.seed_note:
+    print(segmenter.seed_note)
   logging.info('Model %s (%d classes) from %s; %d image(s).',
                segmenter.config.model, segmenter.num_classes,
                segmenter.checkpoint, len(paths))
@@ -199,6 +201,9 @@ def _define_flags():
                     'mixed sizes reuse compilations.')
   flags.DEFINE_string('model', '', 'Override the model variant (e.g. '
                       'fcn8s-atonce for converted weights without config.json).')
+  flags.DEFINE_integer('seed', -1, 'For a run of several seeds '
+                       '(config.seeds): the seed to use; -1 = the best by '
+                       'validation mean IU.')
   flags.DEFINE_float('overlay_alpha', 0.5, 'Opacity of the colours in overlays.')
 
 

@@ -420,6 +420,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     cleanup.enter_context(fault_tolerance.WorkdirLock(
         workdir, enabled=jax.process_index() == 0))
     stop = cleanup.enter_context(fault_tolerance.StopSignals())
+    from fcn_jax import seeds  # pylint: disable=g-import-not-at-top
+    if seeds.seed_list(config) is not None:  # Many seeds, one program.
+      return seeds.train_seeds(config, workdir, stop, cleanup)
     return _train_and_evaluate(config, workdir, stop, cleanup)
 
 

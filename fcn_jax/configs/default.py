@@ -149,6 +149,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.init_from = ''
 
   config.seed = 0
+  # Many seeds in one program (fcn_jax/seeds.py): '' = one run of
+  # config.seed; '0,1,2,3' = one independent model per listed seed, vmapped
+  # in one compiled train step; a lone count '4' = seeds 0..3.
+  config.seeds = ''
   return config
 
 

@@ -1,0 +1,385 @@
+"""Many seeds in one compiled program: independent runs vmapped together.
+
+    python -m fcn_jax.main --workdir=runs/fcn8s_seeds --config.seeds=0,1,2,3
+    python -m fcn_jax.main --workdir=runs/fcn8s_seeds --config.seeds=4
+
+trains one independent model per seed in one process, with one compiled
+train step: `jax.vmap` over the parameters, the optimizer state, the dropout
+keys and the batches. Every seed reads the batches it would read alone (its
+own shuffled order and augmentation, `input_pipeline.train_dataset` with
+config.seed = that seed), starts from the parameters `train.create_train_state`
+gives that seed, and takes the same updates, so each seed's parameters equal
+those of a separate run with `--config.seed=<seed>` to float tolerance.
+
+The stacked train state (a leading seed axis on every array) is one
+checkpoint; the best checkpoint is ranked by the mean over seeds of the
+validation mean IU. metrics.jsonl gets one record per seed per logged step,
+with a 'seed' key. The batches of all seeds form one (seeds, batch, ...)
+array whose batch axis is split over the 'data' mesh axis, so the seed axis
+combines with data parallelism (every device runs every seed on its slice).
+
+`params_of_seed` picks one seed's parameters out of such a checkpoint for
+evaluate / predict / export (`--seed=K`; by default the seed with the best
+validation mean IU at that step, read from metrics.jsonl).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from fcn_jax import checkpointing
+from fcn_jax import fault_tolerance
+from fcn_jax import input_pipeline
+from fcn_jax import sharding
+from fcn_jax import train
+from fcn_jax import writers
+
+ConfigError = fault_tolerance.ConfigError
+
+
+def seed_list(config: ml_collections.ConfigDict) -> list[int] | None:
+  """The seeds of config.seeds ('' -> None: one ordinary run).
+
+  '0,1,2,3' (or '5,' for the single seed 5) lists seeds; a lone number
+  '4' is a count, seeds 0..3.
+  """
+  text = str(config.get('seeds', '') or '').strip()
+  if not text:
+    return None
+  try:
+    values = [int(p) for p in text.split(',') if p.strip()]
+  except ValueError:
+    values = []
+  if not values or any(v < 0 for v in values):
+    raise ConfigError(f'config.seeds={text!r}: expected a count (e.g. 4) or '
+                      'comma-separated non-negative seeds (e.g. 0,1,2,3).')
+  if ',' not in text:
+    return list(range(values[0]))
+  if len(set(values)) != len(values):
+    raise ConfigError(f'config.seeds={text!r}: a seed is listed twice.')
+  return values
+
+
+def seed_config(config: ml_collections.ConfigDict,
+                seed: int) -> ml_collections.ConfigDict:
+  """`config` as a separate run of `seed` would have it."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.seed = seed
+  config.seeds = ''
+  return config
+
+
+def stack_trees(trees: Sequence[Any]):
+  """Pytrees of equal leaves -> one pytree with a leading axis (static
+  fields, e.g. a TrainState's optimizer, are taken from the first)."""
+  leaves = [jax.tree.leaves(t) for t in trees]
+  treedef = jax.tree.structure(trees[0])
+  return jax.tree.unflatten(treedef, [jnp.stack(xs) for xs in zip(*leaves)])
+
+
+def create_seed_states(config, model, seeds: Sequence[int], mesh):
+  """The stacked TrainState: seed k's slice is what a separate run of seed k
+  starts from (each initialized on its own, not under vmap, so that the
+  'rbg' initializer draws exactly the separate run's numbers)."""
+  states = [train.create_train_state(
+      config, model, train.init_and_dropout_keys(s)[0], mesh) for s in seeds]
+  stacked = stack_trees(states)
+  return jax.device_put(stacked, sharding.replicated(mesh))
+
+
+def dropout_keys(seeds: Sequence[int]) -> jax.Array:
+  """(seeds,) dropout keys, key k as `train.init_and_dropout_keys(seeds[k])`."""
+  keys = [jax.random.key_data(train.init_and_dropout_keys(s)[1])
+          for s in seeds]
+  return jax.random.wrap_key_data(np.stack(keys))
+
+
+def seed_batch_sharding(mesh) -> NamedSharding:
+  """(seeds, batch, ...) arrays: the batch axis split over 'data'."""
+  return NamedSharding(mesh, P(None, sharding.DATA_AXIS))
+
+
+def compile_seed_steps(config, mesh):
+  """The vmapped train and eval steps, jit-compiled with shardings."""
+  replicated = sharding.replicated(mesh)
+  step = functools.partial(
+      train.train_step, loss_normalization=config.loss_normalization,
+      skip_nonfinite=config.get('skip_nonfinite', False),
+      grad_accum_steps=config.get('grad_accum_steps', 1),
+      # The micro-batch sharding constraint is for unbatched arrays; XLA
+      # propagates the batch sharding through the vmapped scan anyway.
+      micro_batch_sharding=None)
+  p_train_step = jax.jit(
+      jax.vmap(step), in_shardings=(replicated, seed_batch_sharding(mesh),
+                                    replicated),
+      out_shardings=(replicated, replicated), donate_argnums=0)
+  p_eval_step = jax.jit(
+      jax.vmap(functools.partial(
+          train.eval_step, boundary_radius=config.get('boundary_radius', 0)),
+               in_axes=(0, 0, None)),
+      in_shardings=(replicated, replicated, sharding.data_sharded(mesh)),
+      out_shardings=replicated, donate_argnums=1)
+  return p_train_step, p_eval_step
+
+
+def evaluate_seeds(p_eval_step, state, source, batch_size: int,
+                   num_classes: int, num_seeds: int, mesh,
+                   boundary_radius: int = 0, **batching) -> list[dict]:
+  """`train.evaluate` for every seed at once: one score dict per seed."""
+  shape = (num_seeds, num_classes, num_classes)
+  if boundary_radius > 0:
+    shape = (num_seeds, 2, num_classes, num_classes)
+  hist = sharding.replicate(np.zeros(shape, np.int32), mesh)
+  for batch in input_pipeline.eval_batches(source, batch_size, **batching):
+    batch = sharding.shard_batch({k: batch[k] for k in ('image', 'label')},
+                                 mesh)
+    hist = p_eval_step(state, hist, batch)
+  hist = jax.device_get(hist)
+  scores = []
+  for seed_hist in hist:
+    if boundary_radius <= 0:
+      scores.append(train.metrics_lib.segmentation_scores(seed_hist))
+      continue
+    seed_scores = train.metrics_lib.segmentation_scores(seed_hist[0])
+    seed_scores['boundary_mean_iu'] = train.metrics_lib.segmentation_scores(
+        seed_hist[1])['mean_iu']
+    scores.append(seed_scores)
+  return scores
+
+
+def _seed_batches(datasets, index: int, mesh) -> dict:
+  """Batch `index` of every seed's dataset, stacked and sharded."""
+  batches = [ds[index] for ds in datasets]
+  stacked = {k: np.stack([b[k] for b in batches]) for k in ('image', 'label')}
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(
+          seed_batch_sharding(mesh), x), stacked)
+
+
+def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
+  """`train._train_and_evaluate` for config.seeds (workdir locked, signals
+  caught). Returns the best seed's final scores plus 'seeds',
+  'seed_mean_iu', 'best_seed', 'step' and 'best_checkpoint'."""
+  seeds = seed_list(config)
+  mesh = sharding.create_mesh()
+  sharding.check_batch_size(config.batch_size, mesh,
+                            micro_batches=config.get('grad_accum_steps', 1))
+  eval_batch_size = (config.batch_size if config.eval_batch_size == -1
+                     else config.eval_batch_size)
+  sharding.check_batch_size(eval_batch_size, mesh, 'eval_batch_size')
+  train_source, val_source, info = input_pipeline.create_datasets(config)
+  num_classes = train.resolve_num_classes(config, info)
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.num_classes = num_classes
+
+  manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
+  cleanup.callback(manager.close)
+  if manager.latest_step() is not None:
+    fault_tolerance.check_resume_config(
+        config, workdir, config.get('allow_config_change', False))
+    _check_same_seeds(workdir, seeds)
+  if jax.process_index() == 0:
+    train.save_config(config, workdir)
+  logging.info('Seeds %s in one program; devices: %d (%s), mesh %s.', seeds,
+               jax.device_count(), jax.devices()[0].platform, dict(mesh.shape))
+
+  model = train.create_model(config, num_classes)
+  state = create_seed_states(config, model, seeds, mesh)
+  restored = checkpointing.restore_latest_valid(manager, workdir, state)
+  if restored is not None:
+    state = restored
+    logging.info('Resumed %d seeds from step %d.', len(seeds),
+                 int(state.step[0]))
+  elif config.get('init_from'):
+    params = [train.convert.init_from(jax.tree.map(lambda x: x[k],
+                                                   state.params),
+                                      config.init_from)
+              for k in range(len(seeds))]
+    state = state.replace(params=jax.device_put(
+        stack_trees(params), sharding.replicated(mesh)))
+  start_step = int(jax.device_get(state.step)[0])
+  # Batch t of a separate run is its dataset's element t - 1 (what its
+  # iterator hands out, also after a resume at step t - 1).
+  datasets = [input_pipeline.train_dataset_from_config(
+      train_source, seed_config(config, s), info) for s in seeds]
+  p_train_step, p_eval_step = compile_seed_steps(config, mesh)
+  writer = writers.MetricWriter(workdir)
+  cleanup.callback(writer.close)
+  rngs = sharding.replicate(dropout_keys(seeds), mesh)
+  batching = input_pipeline.batching_options(config, info)
+
+  def run_eval(step):
+    seed_scores = evaluate_seeds(
+        p_eval_step, state, val_source, eval_batch_size, num_classes,
+        len(seeds), mesh, config.get('boundary_radius', 0), **batching)
+    for seed, scores in zip(seeds, seed_scores):
+      writer.write(step, 'val', dict(scores, seed=seed))
+    logging.info('Eval at step %d: mean IU per seed %s', step,
+                 ', '.join(f'{s}: {x["mean_iu"]:.4f}'
+                           for s, x in zip(seeds, seed_scores)))
+    return seed_scores
+
+  seed_scores = None
+  losses = []
+  timer = (time.time(), start_step)
+  for step in range(start_step + 1, config.num_train_steps + 1):
+    batch = _seed_batches(datasets, step - 1, mesh)
+    state, step_metrics = p_train_step(state, batch, rngs)
+    step_metrics = jax.device_get(step_metrics)
+    _check_finite(config, manager, step, seeds, step_metrics)
+    losses.append(step_metrics['loss'])
+    if step == start_step + 1:
+      timer = (time.time(), step)
+    if step % config.log_every_steps == 0 or step == config.num_train_steps:
+      elapsed = time.time() - timer[0]
+      rate = (step - timer[1]) / elapsed if elapsed > 0 else float('nan')
+      mean_loss = np.mean(losses, axis=0)
+      for k, seed in enumerate(seeds):
+        record = {key: float(v[k]) for key, v in step_metrics.items()}
+        record.update(loss=float(mean_loss[k]), steps_per_sec=rate,
+                      seed=seed)
+        writer.write(step, 'train', record)
+      losses = []
+      logging.info('Step %d/%d: loss per seed %s, %.2f steps/s', step,
+                   config.num_train_steps,
+                   ', '.join(f'{x:.4f}' for x in mean_loss), rate)
+    is_last = step == config.num_train_steps
+    evaluated = step % config.eval_every_steps == 0 or is_last
+    if evaluated:
+      seed_scores = run_eval(step)
+    if step % config.checkpoint_every_steps == 0 or is_last:
+      checkpointing.save(manager, step, state,
+                         _ranking(seed_scores) if evaluated else None)
+    signum = stop.agreed_signum(
+        step, config.get('preemption_check_every_steps', 10))
+    if signum:
+      checkpointing.save(manager, step, state)
+      checkpointing.wait_until_saved(manager)
+      raise fault_tolerance.Interrupted(
+          f'Stopped by {signal.Signals(signum).name} after step {step}; '
+          f'checkpoint saved in {checkpointing.checkpoint_dir(workdir)}. Run '
+          'the same command again to resume', signum, step)
+
+  if seed_scores is None:  # Resumed a finished run.
+    seed_scores = run_eval(int(jax.device_get(state.step)[0]))
+  checkpointing.wait_until_saved(manager)
+  best = int(np.argmax([s['mean_iu'] for s in seed_scores]))
+  best_path = os.path.join(checkpointing.checkpoint_dir(workdir),
+                           str(manager.best_step()))
+  logging.info('Final mean IU per seed: %s; best seed %d. Checkpoints hold '
+               'all seeds: %s', [round(s['mean_iu'], 4) for s in seed_scores],
+               seeds[best], best_path)
+  return dict(seed_scores[best], step=int(jax.device_get(state.step)[0]),
+              best_checkpoint=best_path, seeds=seeds, best_seed=seeds[best],
+              seed_mean_iu=[s['mean_iu'] for s in seed_scores])
+
+
+def _ranking(seed_scores: Sequence[dict]) -> dict:
+  """The checkpoint's ranking metric: the mean over seeds of mean IU."""
+  return {'mean_iu': float(np.mean([s['mean_iu'] for s in seed_scores]))}
+
+
+def _check_finite(config, manager, step, seeds, step_metrics) -> None:
+  finite = np.isfinite(step_metrics['loss']) & np.isfinite(
+      step_metrics['grad_norm'])
+  if finite.all() or config.get('skip_nonfinite', False):
+    return
+  bad = [s for s, ok in zip(seeds, finite) if not ok]
+  checkpointing.wait_until_saved(manager)
+  raise fault_tolerance.NonFiniteError(
+      f'Non-finite loss or gradient at step {step} for seed(s) {bad}. '
+      f'Stopped without saving; the last good checkpoint is step '
+      f'{manager.latest_step()}. Lower the learning rate or set '
+      'config.skip_nonfinite=True.')
+
+
+def _check_same_seeds(workdir: str, seeds: Sequence[int]) -> None:
+  """Refuses to resume a workdir trained with other seeds."""
+  try:
+    with open(os.path.join(workdir, 'config.json')) as f:
+      saved = seed_list(ml_collections.ConfigDict(json.load(f)))
+  except (OSError, ValueError):
+    return
+  if saved is not None and list(saved) != list(seeds):
+    raise ConfigError(f'config.seeds gives seeds {list(seeds)} but '
+                      f'{workdir} was trained with seeds {saved}; use the '
+                      'same config.seeds or another workdir.')
+
+
+# ---------------------------------------------------------------------------
+# Reading one seed back.
+
+
+def best_seed_index(workdir: str | None, seeds: Sequence[int],
+                    step: int | None) -> int | None:
+  """Index of the seed with the best validation mean IU at `step` (the
+  latest evaluated step if None), from the workdir's metrics.jsonl."""
+  if not workdir:
+    return None
+  scores = {}
+  try:
+    with open(os.path.join(workdir, writers.METRICS_FILE)) as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except ValueError:
+          continue
+        if record.get('split') != 'val' or 'seed' not in record:
+          continue
+        if step is None or record['step'] == step:
+          scores[record['seed']] = record.get('mean_iu') or float('-inf')
+  except OSError:
+    return None
+  ranked = [(scores[s], -k) for k, s in enumerate(seeds) if s in scores]
+  return -max(ranked)[1] if ranked else None
+
+
+def params_of_seed(params, config: ml_collections.ConfigDict,
+                   workdir: str | None, step: int | None,
+                   seed: int | None = None) -> tuple[Any, str]:
+  """One seed's parameters from a checkpoint of config.seeds.
+
+  Args:
+    params: the restored parameters (a leading seed axis if config.seeds).
+    config: the run's config.
+    workdir: where metrics.jsonl ranks the seeds (None: no ranking).
+    step: the checkpoint's step.
+    seed: the seed to take (a value of config.seeds); None = the best by
+      validation mean IU at `step` (the first seed when unknown).
+
+  Returns:
+    (params, a sentence saying which seed was taken, '' for ordinary runs).
+
+  Raises:
+    ConfigError: `seed` given for an ordinary run, or not one of the seeds.
+  """
+  seeds = seed_list(config)
+  if seeds is None:
+    if seed is not None and seed != config.get('seed', 0):
+      raise ConfigError(f'--seed={seed}: this run trained one model, with '
+                        f'config.seed={config.get("seed", 0)}.')
+    return params, ''
+  if seed is not None:
+    if seed not in seeds:
+      raise ConfigError(f'--seed={seed}: the checkpoint holds seeds {seeds}.')
+    index, why = seeds.index(seed), 'chosen with --seed'
+  else:
+    index = best_seed_index(workdir, seeds, step)
+    why = 'the best validation mean IU at this step'
+    if index is None:
+      index, why = 0, 'the first one; no validation scores found'
+  params = jax.tree.map(lambda x: np.asarray(x)[index], params)
+  return params, (f'Seed {seeds[index]} of {seeds} ({why}; --seed=K picks '
+                  'another).')

@@ -1,0 +1,146 @@
+"""Many seeds in one program: each seed equals a separate run of that seed."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from fcn_jax import inference
+from fcn_jax import seeds
+from fcn_jax import train
+from fcn_jax.configs import default
+from inference_testutil import ROOT
+from inference_testutil import trained_workdir  # pylint: disable=unused-import
+
+SEEDS = (0, 1)
+
+
+def relative_errors(stacked, separate, index):
+  """Per array: ||seeds run's slice - separate run|| / ||separate run||."""
+  def error(a, b):
+    a, b = np.asarray(a)[index], np.asarray(b)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+  return jax.tree.leaves(jax.tree.map(error, stacked, separate))
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory, trained_workdir):
+  """A seeds=0,1 run stopped after step 3 and resumed to step 6, and the
+  separate runs of seeds 0 (the shared tiny workdir) and 1."""
+  root = tmp_path_factory.mktemp('seeds')
+  config = default.get_tiny_config()
+  config.seeds = ','.join(str(s) for s in SEEDS)
+  config.num_train_steps = 3
+  train.train_and_evaluate(config, str(root / 'seeds'))
+  config.num_train_steps = 6  # Resumes from the step-3 checkpoint.
+  result = train.train_and_evaluate(config, str(root / 'seeds'))
+  separate = default.get_tiny_config()
+  separate.seed = 1
+  train.train_and_evaluate(separate, str(root / 'seed1'))
+  return {'seeds': str(root / 'seeds'), 0: trained_workdir,
+          1: str(root / 'seed1'), 'result': result}
+
+
+@pytest.mark.parametrize('step', [3, 6])
+def test_each_seed_equals_its_separate_run(runs, step):
+  # Step 3: after training; step 6: after stopping at 3 and resuming.
+  stacked = inference.restore_params(
+      os.path.join(runs['seeds'], 'checkpoints', str(step)))
+  for index, seed in enumerate(SEEDS):
+    separate = inference.restore_params(
+        os.path.join(runs[seed], 'checkpoints', str(step)))
+    errors = relative_errors(stacked, separate, index)
+    assert max(errors) < 1e-5, (seed, step, max(errors))
+  # The two seeds really are different models.
+  assert max(relative_errors(stacked, inference.restore_params(
+      os.path.join(runs[1], 'checkpoints', str(step))), 0)) > 1e-2
+
+
+def test_metrics_carry_the_seed_and_the_result_names_the_best(runs):
+  with open(os.path.join(runs['seeds'], 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  val = {(r['step'], r['seed']): r['mean_iu'] for r in records
+         if r['split'] == 'val'}
+  assert set(val) == {(s, k) for s in (3, 6) for k in SEEDS}
+  assert {r['seed'] for r in records if r['split'] == 'train'} == set(SEEDS)
+  # The separate run's own evaluation at step 6 gives the same score.
+  with open(os.path.join(runs[1], 'metrics.jsonl')) as f:
+    single = [json.loads(line) for line in f]
+  single_val = [r for r in single if r['split'] == 'val' and r['step'] == 6]
+  assert val[(6, 1)] == pytest.approx(single_val[-1]['mean_iu'], abs=1e-3)
+  result = runs['result']
+  assert result['seeds'] == list(SEEDS)
+  assert result['best_seed'] == SEEDS[int(np.argmax(
+      [val[(6, k)] for k in SEEDS]))]
+
+
+def test_inference_loads_one_seed(runs):
+  stacked = inference.restore_params(
+      os.path.join(runs['seeds'], 'checkpoints', '6'))
+  segmenter = inference.load(runs['seeds'], '6', seed=1)
+  assert max(relative_errors(stacked, segmenter.params, 1)) == 0
+  assert 'Seed 1 of [0, 1] (chosen with --seed' in segmenter.seed_note
+  default_pick = inference.load(runs['seeds'], '6')
+  best = runs['result']['best_seed']
+  assert default_pick.seed_note.startswith(f'Seed {best} of [0, 1] (the best')
+  with pytest.raises(seeds.ConfigError, match='--seed=5'):
+    inference.load(runs['seeds'], '6', seed=5)
+
+
+def test_seed_list_parsing():
+  config = default.get_tiny_config()
+  for text, expected in (('', None), ('4', [0, 1, 2, 3]), ('0,2,5', [0, 2, 5]),
+                         ('7,', [7])):
+    config.seeds = text
+    assert seeds.seed_list(config) == expected
+  for bad in ('x', '0,0', '-1', '1,a'):
+    config.seeds = bad
+    with pytest.raises(seeds.ConfigError, match='config.seeds'):
+      seeds.seed_list(config)
+
+
+EIGHT_DEVICES = textwrap.dedent('''
+    import jax, numpy as np
+    from jax.sharding import PartitionSpec as P
+    from fcn_jax import input_pipeline, seeds, sharding, train
+    from fcn_jax.configs import default
+    assert jax.device_count() == 8
+    config = default.get_tiny_config()
+    config.batch_size = 8
+    train_source, _, info = input_pipeline.create_datasets(config)
+    model = train.create_model(config, info.num_classes)
+    datasets = [input_pipeline.train_dataset_from_config(
+        train_source, seeds.seed_config(config, s), info) for s in (0, 1)]
+    results = []
+    for mesh in (sharding.create_mesh(), sharding.create_mesh(jax.devices()[:1])):
+      state = seeds.create_seed_states(config, model, (0, 1), mesh)
+      step, _ = seeds.compile_seed_steps(config, mesh)
+      rngs = sharding.replicate(seeds.dropout_keys((0, 1)), mesh)
+      for t in range(2):
+        batch = seeds._seed_batches(datasets, t, mesh)
+        state, _ = step(state, batch, rngs)
+      if mesh.size == 8:
+        assert batch['image'].sharding.spec == P(None, 'data')
+        assert len(batch['image'].addressable_shards) == 8
+        assert batch['image'].addressable_shards[0].data.shape[:2] == (2, 1)
+      results.append(jax.device_get(state.params))
+    errors = jax.tree.leaves(jax.tree.map(
+        lambda a, b: np.linalg.norm(a - b) / np.linalg.norm(b), *results))
+    print('max relative error', max(errors))
+    assert max(errors) < 1e-5
+''')
+
+
+def test_seed_axis_with_data_parallelism_on_8_devices():
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
+             XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  result = subprocess.run([sys.executable, '-c', EIGHT_DEVICES], cwd=ROOT,
+                          env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'max relative error' in result.stdout
