@@ -100,8 +100,12 @@ def define_config_flag():
   """--config (a config file) and its --config.KEY=VALUE overrides.
 
   ml_collections reads the overrides of the default file from sys.argv when
-  the flag is defined, so an unknown key already fails here.
+  the flag is defined, so an unknown key already fails here; it also loads
+  the file then, so `~` and `$VARS` in `--config=PATH` are expanded first.
   """
+  sys.argv[1:] = [
+      '--config=' + cli.expand_path(a.split('=', 1)[1])
+      if a.startswith('--config=') else a for a in sys.argv[1:]]
   try:
     config_flags.DEFINE_config_file(
         'config', DEFAULT_CONFIG, 'Training configuration file.',
