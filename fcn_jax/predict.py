@@ -31,6 +31,7 @@ from absl import logging
 from PIL import Image
 
 from fcn_jax import cli
+from fcn_jax import errors
 from fcn_jax.data import decode
 from fcn_jax import inference
 from fcn_jax import input_pipeline
@@ -208,14 +209,14 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   writers.quiet_library_logs()
   if not FLAGS.input or not FLAGS.output:
-    raise app.UsageError('--input and --output are required.')
+    raise errors.FlagError('--input and --output are required.')
   if not FLAGS.workdir and FLAGS.checkpoint in ('best', 'latest'):
-    raise app.UsageError('Give --workdir or --checkpoint=PATH.')
+    raise errors.FlagError('Give --workdir or --checkpoint=PATH.')
   try:
     scales = tuple(float(s) for s in FLAGS.scales)
   except ValueError:
-    raise app.UsageError(f'--scales={",".join(FLAGS.scales)}: expected '
-                         'numbers, e.g. 0.75,1,1.25.')
+    raise errors.FlagError(f'--scales={",".join(FLAGS.scales)}: expected '
+                           'numbers, e.g. 0.75,1,1.25.') from None
   decode.set_max_image_pixels(FLAGS.max_image_pixels)
   paths = list_images(FLAGS.input)
   segmenter = inference.load_from_args(FLAGS.workdir, FLAGS.checkpoint, FLAGS.dtype,
