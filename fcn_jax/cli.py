@@ -68,14 +68,23 @@ def catch_user_errors(
   return wrapped
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad flag value reported as one line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    report_error(e)
+    sys.exit(EXIT_USER_ERROR)
+
+
 def run(main: Callable[[Sequence[str]], Optional[int]],
         user_errors: tuple[Type[BaseException], ...] = (),
         flags_parser: Optional[Callable[[list[str]], object]] = None,
         path_flags: Sequence[str] = ()) -> None:
   """`absl.app.run(main)` with one-line user errors (see the module doc)
   and `~` / `$VARS` expanded in the `path_flags`."""
-  kwargs = {'flags_parser': flags_parser} if flags_parser else {}
-  app.run(catch_user_errors(main, user_errors, path_flags), **kwargs)
+  app.run(catch_user_errors(main, user_errors, path_flags),
+          flags_parser=flags_parser or parse_flags)
 
 
 # Config keys holding paths (besides keys ending in _dir, _path or _file).

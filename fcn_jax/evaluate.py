@@ -42,6 +42,7 @@ from fcn_jax import cli
 from fcn_jax import inference
 from fcn_jax import input_pipeline
 from fcn_jax import metrics as metrics_lib
+from fcn_jax import tasks
 from fcn_jax import visualize
 from fcn_jax import writers
 from fcn_jax.configs import default as default_config
@@ -111,6 +112,47 @@ def evaluate_segmenter(segmenter: inference.Segmenter, source,
   scores['ece'] = scores['calibration']['ece']
   if per_image:
     scores['per_image_confusion'] = np.stack(image_hists)
+  return scores
+
+
+def evaluate_heads(segmenter: inference.Segmenter, source,
+                   head_sizes: dict[str, int], max_images: int = 0,
+                   progress: bool = True,
+                   present_only: bool = False) -> dict[str, Any]:
+  """`evaluate_segmenter` for sources of preprocessed model inputs and
+  models with several heads (NYUDv2, SIFT Flow): one histogram per head.
+
+  Returns tasks.scores_of (the main head's scores, 'geo_'-prefixed ones of
+  the geometric head) plus 'confusion_matrix' (and 'geo_confusion_matrix'),
+  'num_images', 'compilations', 'seconds' and the main head's 'calibration'.
+  """
+  total = len(source) if not max_images else min(max_images, len(source))
+  if total == 0:
+    raise ValueError('The split holds no images.')
+  hists = {k: np.zeros((c, c), np.int64) for k, c in head_sizes.items()}
+  calibration_sums = calibration.Accumulator(
+      bucket=inference.bucket_size if segmenter.bucket else None)
+  compiled_before = segmenter.num_compilations
+  start = time.time()
+  for index in range(total):
+    example = source[index]
+    logits = segmenter.head_logits(example['image'])
+    calibration_sums.add(inference._softmax(logits['label']),  # pylint: disable=protected-access
+                         example['label'])
+    for key, hist in hists.items():
+      hist += confusion(example[key], np.argmax(logits[key], axis=-1),
+                        hist.shape[0])
+    if progress:
+      _progress(index + 1, total, start)
+  scores = tasks.scores_of(hists if len(hists) > 1 else hists['label'],
+                           present_only)
+  for key, hist in hists.items():
+    scores[key[:-len('label')] + 'confusion_matrix'] = hist.tolist()
+  scores.update(num_images=total,
+                compilations=segmenter.num_compilations - compiled_before,
+                seconds=time.time() - start,
+                calibration=calibration_sums.scores())
+  scores['ece'] = scores['calibration']['ece']
   return scores
 
 
@@ -188,8 +230,17 @@ def run(workdir: str, checkpoint: str = 'best', split: str = 'val',
   step = inference.checkpoint_step(segmenter.checkpoint)
   logging.info('Evaluating %s (step %s) on %s/%s: %d images.',
                segmenter.checkpoint, step, info.name, split, len(source))
-  scores = evaluate_segmenter(segmenter, source, max_images, progress,
-                              **predict_kwargs)
+  if tasks.uses_model_input(config):
+    if predict_kwargs.get('tta') or predict_kwargs.get('window'):
+      raise ValueError(f'--tta and --window are not available for '
+                       f'{info.name} models (other inputs or two heads).')
+    sizes = dict({'label': info.num_classes},
+                 **{k: len(n) for k, n in info.extra_heads})
+    scores = evaluate_heads(segmenter, source, sizes, max_images, progress,
+                            info.present_classes_only)
+  else:
+    scores = evaluate_segmenter(segmenter, source, max_images, progress,
+                                **predict_kwargs)
   extra = dict(checkpoint=segmenter.checkpoint, dataset=info.name,
                model=config.model)
   json_path, png_path = write_results(scores, class_names,
@@ -200,9 +251,18 @@ def run(workdir: str, checkpoint: str = 'best', split: str = 'val',
   print(f'  mean accuracy       {_pct(scores["mean_acc"])}')
   print(f'  mean IU             {_pct(scores["mean_iu"])}')
   print(f'  frequency-weighted  {_pct(scores["fwavacc"])}')
+  if 'num_classes_scored' in scores:
+    print(f'  (mean accuracy and mean IU over the {scores["num_classes_scored"]}'
+          f' of {len(class_names)} classes present in the ground truth)')
   print(f'  calibration error   {_pct(scores["calibration"]["ece"])} (ECE, '
         f'{len(scores["calibration"]["bin_count"])} bins)')
   print(per_class_table(scores, class_names))
+  if 'geo_overall_acc' in scores:
+    print('geometric:')
+    for name, key in (('pixel accuracy', 'overall_acc'),
+                      ('mean accuracy', 'mean_acc'), ('mean IU', 'mean_iu'),
+                      ('frequency-weighted', 'fwavacc')):
+      print(f'  {name:<19} {_pct(scores["geo_" + key])}')
   print(f'{scores["compilations"]} compilation(s), {scores["seconds"]:.1f}s. '
         f'Wrote {json_path}, {png_path} and the reliability diagram next to '
         'them.')

@@ -46,6 +46,7 @@ from fcn_jax import dataset_info
 from fcn_jax import errors
 from fcn_jax import input_pipeline
 from fcn_jax import models
+from fcn_jax import tasks
 from fcn_jax import train
 from fcn_jax.configs import default as default_config
 from fcn_jax.data import decode
@@ -247,6 +248,7 @@ class Segmenter:
   def __post_init__(self):
     self.params = jax.device_put(self.params)
     self._forward = jax.jit(self._forward_fn)
+    self._forward_inputs = jax.jit(self._forward_inputs_fn)
 
   @property
   def num_classes(self) -> int:
@@ -261,6 +263,31 @@ class Segmenter:
     # Runs once per compilation (tracing), never per call.
     self.compiled_shapes.append(tuple(images.shape))
     return forward(self.model, params, images, sizes)
+
+  def _forward_inputs_fn(self, params, inputs: jax.Array):
+    self.compiled_shapes.append(tuple(inputs.shape))
+    return self.model.apply({'params': params}, inputs, train=False)
+
+  def head_logits(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+    """{label key: (H, W, classes) logits} of one preprocessed input.
+
+    For models whose input is not one RGB photo or that have several heads
+    (NYUDv2 HHA / RGB-D / RGB-HHA, SIFT Flow): `inputs` is the (H, W, C)
+    float32 array of `fcn_jax.tasks.model_input`. Padded with zeros (the
+    mean) to a bucket shape and cropped back, like `logits`.
+    """
+    inputs = np.asarray(inputs, np.float32)
+    height, width = inputs.shape[:2]
+    if self.bucket:
+      padded_h, padded_w = bucket_size(height), bucket_size(width)
+    else:
+      padded_h, padded_w = height, width
+    batch = np.zeros((1, padded_h, padded_w, inputs.shape[-1]), np.float32)
+    batch[0, :height, :width] = inputs
+    out = jax.device_get(self._forward_inputs(self.params, batch))
+    if not isinstance(out, dict):
+      out = {'label': out}
+    return {k: np.asarray(v)[0, :height, :width] for k, v in out.items()}
 
   def logits(self, image: Any) -> np.ndarray:
     """(H, W, C) float32 logits of one RGB image, exactly its size."""
@@ -530,13 +557,14 @@ def _item_dirs(path: str) -> list[str]:
 
 def _params_subtree(tree: Any) -> tuple[Any, str | None]:
   """The parameters in a saved tree: TrainState-like {'params': ...} or the
-  parameter dict itself (keys conv1_1, ..., or conv1, ... for FCN-AlexNet)."""
+  parameter dict itself (keys conv1_1, ..., conv1_1_bgrd / conv1_1color for
+  the NYUDv2 models, or conv1, ... for FCN-AlexNet)."""
   if isinstance(tree, dict):
     if 'params' in tree and isinstance(tree['params'], dict):
       inner, _ = _params_subtree(tree['params'])
       if inner is not None:
         return tree['params'], 'params'
-    if 'conv1_1' in tree or 'conv1' in tree:
+    if any(str(k).startswith('conv1_1') for k in tree) or 'conv1' in tree:
       return tree, None
   return None, None
 
@@ -729,8 +757,11 @@ def dataset_meta(config: ml_collections.ConfigDict, num_classes: int,
     logging.info('Dataset %r not available for class names (%s).',
                  config.get('dataset'), _first_line(e))
   names = tuple(f'class_{i}' for i in range(num_classes))
+  shipped = tasks.shipped_class_names(config.get('dataset', ''))
   if num_classes == len(VOC_CLASS_NAMES):
     names = VOC_CLASS_NAMES
+  elif shipped is not None and len(shipped) == num_classes:
+    names = shipped
   return names, input_pipeline.voc_palette(num_classes)
 
 

@@ -37,14 +37,18 @@ from absl import flags
 
 from fcn_jax import synthetic
 from fcn_jax.data import decode
+from fcn_jax.data import nyud
+from fcn_jax.data import pascal_context
 from fcn_jax.data import sbd
+from fcn_jax.data import siftflow
 from fcn_jax.data import tfds_sources
 from fcn_jax.data import voc
 from fcn_jax.metrics import IGNORE_INDEX
 from fcn_jax.models import MEAN_BGR
 
 # 'tfds:<name>' stands for any TFDS dataset name after the prefix.
-DATASETS = ('synthetic', 'voc', 'sbd', 'voc_dir', 'tfds:<name>')
+DATASETS = ('synthetic', 'voc', 'sbd', 'voc_dir', 'nyud', 'siftflow',
+            'pascal_context', 'tfds:<name>')
 
 
 def is_known_dataset(name: str) -> bool:
@@ -65,6 +69,12 @@ class DatasetInfo:
   val_size: int
   # Whether image sizes vary (real photos), so batches need shape buckets.
   variable_size: bool = False
+  # Further label maps of a multi-head task and their class names, e.g.
+  # (('geo_label', ('sky', 'horizontal', 'vertical')),) for SIFT Flow.
+  extra_heads: tuple[tuple[str, tuple[str, ...]], ...] = ()
+  # Mean IU / accuracy over the classes present in the split's ground truth
+  # only (SIFT Flow: three classes never occur in its test set).
+  present_classes_only: bool = False
 
 
 def voc_palette(num_classes: int = 256) -> np.ndarray:
@@ -82,14 +92,41 @@ def voc_palette(num_classes: int = 256) -> np.ndarray:
 
 
 def preprocess(image: np.ndarray) -> np.ndarray:
-  """RGB uint8 -> the reference convention: BGR float32, 0-255, minus mean."""
+  """RGB uint8 -> the reference convention: BGR float32, 0-255, minus mean.
+
+  A float32 image is taken as preprocessed already: sources of datasets with
+  their own means or several modalities (NYUDv2, SIFT Flow) do it themselves.
+  """
+  if image.dtype == np.float32:
+    return image
   return image[..., ::-1].astype(np.float32) - np.asarray(MEAN_BGR, np.float32)
 
 
+def label_keys(example: dict) -> list[str]:
+  """'label' and any further label maps ('geo_label') of an example."""
+  return ['label'] + sorted(k for k in example
+                            if k.endswith('_label') and k != 'label')
+
+
+def _stack_labels(example: dict) -> np.ndarray:
+  """(H, W) label, or (H, W, K) for K label maps, so crops cut them alike."""
+  keys = label_keys(example)
+  if len(keys) == 1:
+    return np.asarray(example['label'], np.int32)
+  return np.stack([np.asarray(example[k], np.int32) for k in keys], axis=-1)
+
+
+def _unstack_labels(labels: np.ndarray, keys: list[str]) -> dict:
+  """Inverse of `_stack_labels` (also for a batch of them)."""
+  if len(keys) == 1:
+    return {'label': labels}
+  return {k: labels[..., i] for i, k in enumerate(keys)}
+
+
 def _preprocess_example(example: dict) -> dict:
-  return {'image': preprocess(example['image']),
-          'label': example['label'].astype(np.int32),
-          'id': np.int32(example['id'])}
+  labels = {k: example[k].astype(np.int32) for k in label_keys(example)}
+  return dict({'image': preprocess(example['image']),
+               'id': np.int32(example['id'])}, **labels)
 
 
 def create_datasets(config: ml_collections.ConfigDict):
@@ -124,6 +161,8 @@ def create_datasets(config: ml_collections.ConfigDict):
   elif name == 'voc_dir':
     train, val, class_names = _voc_dir_datasets(config, train_split or 'train',
                                                 val_split or 'val', skip_bad)
+  elif name in BEYOND_VOC:
+    return _beyond_voc_datasets(config, skip_bad)
   else:
     train, val, class_names = tfds_sources.tfds_datasets(
         name[len(tfds_sources.PREFIX):], config.data_dir, config.num_classes,
@@ -132,6 +171,34 @@ def create_datasets(config: ml_collections.ConfigDict):
       name=name, num_classes=len(class_names), class_names=tuple(class_names),
       palette=voc_palette(len(class_names)), train_size=len(train),
       val_size=len(val), variable_size=True)
+  return train, val, info
+
+
+BEYOND_VOC = ('nyud', 'siftflow', 'pascal_context')
+
+
+def _beyond_voc_datasets(config, skip_bad):
+  """NYUDv2, SIFT Flow or PASCAL-Context (fcn_jax/data/<name>.py)."""
+  name, data_dir = config.dataset, config.data_dir
+  splits = (config.get('train_split', ''), config.get('val_split', ''))
+  extra = {}
+  if name == 'nyud':
+    train, val = nyud.nyud_datasets(data_dir, config.get('nyud_input', 'color'),
+                                    *splits, skip_bad)
+    class_names = nyud.class_names()
+  elif name == 'siftflow':
+    train, val = siftflow.siftflow_datasets(data_dir, *splits, skip_bad)
+    class_names = siftflow.class_names()
+    extra = dict(extra_heads=(('geo_label', siftflow.geo_class_names()),),
+                 present_classes_only=True)
+  else:
+    train, val = pascal_context.pascal_context_datasets(data_dir, *splits,
+                                                        skip_bad)
+    class_names = pascal_context.class_names()
+  info = DatasetInfo(
+      name=name, num_classes=len(class_names), class_names=class_names,
+      palette=voc_palette(len(class_names)), train_size=len(train),
+      val_size=len(val), variable_size=True, **extra)
   return train, val, info
 
 
@@ -283,7 +350,8 @@ def _augment_and_preprocess(example: dict, rng: np.random.Generator, *,
                             flip: bool, crop_size: int,
                             scale_range: tuple[float, float]) -> dict:
   """Flip, rescale, preprocess, then crop/pad (so padding is the mean)."""
-  image, label = example['image'], example['label']
+  keys = label_keys(example)
+  image, label = example['image'], _stack_labels(example)
   # Each augmentation draws from the generator only when it is on, so turning
   # one on leaves the draws of the others unchanged.
   if flip and rng.random() < 0.5:
@@ -294,19 +362,29 @@ def _augment_and_preprocess(example: dict, rng: np.random.Generator, *,
   label = np.asarray(label, np.int32)
   if crop_size > 0:
     image, label = random_crop_or_pad(image, label, crop_size, rng)
-  return {'image': image, 'label': label, 'id': np.int32(example['id'])}
+  return dict({'image': image, 'id': np.int32(example['id'])},
+              **_unstack_labels(label, keys))
 
 
 def rescale(image: np.ndarray, label: np.ndarray, factor: float):
   """Resizes by `factor`: bilinear for the image, nearest for the labels."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  height, width = label.shape
+  height, width = label.shape[:2]
   size = (max(1, round(width * factor)), max(1, round(height * factor)))
-  image = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(
-      size, Image.BILINEAR))
-  label = np.asarray(Image.fromarray(
-      np.ascontiguousarray(label, dtype=np.uint8)).resize(size, Image.NEAREST))
-  return image, label
+  if image.dtype == np.uint8:
+    image = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(
+        size, Image.BILINEAR))
+  else:  # Preprocessed float channels: each resized on its own.
+    image = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(
+        image[..., c], np.float32)).resize(size, Image.BILINEAR))
+                      for c in range(image.shape[-1])], axis=-1)
+  def nearest(plane):
+    return np.asarray(Image.fromarray(np.ascontiguousarray(
+        plane, dtype=np.uint8)).resize(size, Image.NEAREST))
+  if label.ndim == 2:
+    return image, nearest(label)
+  return image, np.stack([nearest(label[..., k])
+                          for k in range(label.shape[-1])], axis=-1)
 
 
 def random_crop_or_pad(image: np.ndarray, label: np.ndarray, size: int,
@@ -327,6 +405,7 @@ def random_crop_or_pad(image: np.ndarray, label: np.ndarray, size: int,
 def pad_to(image: np.ndarray, label: np.ndarray, height: int, width: int):
   """Pads at the bottom/right: image with 0 (the mean), labels with 255."""
   pad_h, pad_w = height - label.shape[0], width - label.shape[1]
+  extra_axes = ((0, 0),) * (label.ndim - 2)  # stacked label maps
   if pad_h < 0 or pad_w < 0:
     raise ValueError(f'Image of {label.shape[0]}x{label.shape[1]} (HxW) does '
                      f'not fit the padded shape {height}x{width}; raise '
@@ -334,7 +413,8 @@ def pad_to(image: np.ndarray, label: np.ndarray, height: int, width: int):
   if pad_h == 0 and pad_w == 0:
     return image, label
   image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)))
-  label = np.pad(label, ((0, pad_h), (0, pad_w)), constant_values=IGNORE_INDEX)
+  label = np.pad(label, ((0, pad_h), (0, pad_w)) + extra_axes,
+                 constant_values=IGNORE_INDEX)
   return image, label
 
 
@@ -355,13 +435,16 @@ def pad_and_stack(examples: Sequence[dict], pad_multiple: int = 1,
   """Stacks preprocessed examples, padding each to the batch's bucket shape."""
   height, width = bucket_shape([e['label'].shape for e in examples],
                                pad_multiple, pad_size)
+  keys = label_keys(examples[0])
   images, labels = [], []
   for example in examples:
-    image, label = pad_to(example['image'], example['label'], height, width)
+    image, label = pad_to(example['image'], _stack_labels(example), height,
+                          width)
     images.append(image)
     labels.append(label)
-  return {'image': np.stack(images), 'label': np.stack(labels),
-          'id': np.asarray([e['id'] for e in examples], np.int32)}
+  return dict({'image': np.stack(images),
+               'id': np.asarray([e['id'] for e in examples], np.int32)},
+              **_unstack_labels(np.stack(labels), keys))
 
 
 def eval_dataset(source, global_batch_size: int, pad_multiple: int = 1,
@@ -397,8 +480,8 @@ def _eval_batch(index: int, *, examples, global_batch_size: int,
   if len(batch) < per_host:
     # Fillers are the mean colour, all ignored: after padding they are the
     # same on every host, whichever host's slice they fall in.
-    shape = (batch or [examples[first]])[0]['label'].shape
-    batch += [_ignored_example(shape)] * (per_host - len(batch))
+    template = (batch or [examples[first]])[0]
+    batch += [_ignored_example(template)] * (per_host - len(batch))
   return pad_and_stack(batch, pad_multiple, pad_size)
 
 
@@ -457,7 +540,15 @@ class EvalReader:
       self._iterator = None
 
 
-def _ignored_example(shape: tuple[int, int]) -> dict:
-  """A filler example: mean-coloured image, every pixel ignored."""
-  return {'image': np.zeros(shape + (3,), np.float32),
-          'label': np.full(shape, IGNORE_INDEX, np.int32), 'id': np.int32(-1)}
+def _ignored_example(template: dict) -> dict:
+  """A filler example shaped like `template`: mean input, all ignored."""
+  shape = template['label'].shape
+  filler = {k: np.full(shape, IGNORE_INDEX, np.int32)
+            for k in label_keys(template)}
+  return dict(filler, image=np.zeros_like(template['image']),
+              id=np.int32(-1))
+
+
+def model_arrays(batch: dict) -> dict:
+  """The arrays of a batch that go to the device: input and label maps."""
+  return {k: batch[k] for k in ['image'] + label_keys(batch)}

@@ -22,6 +22,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from fcn_jax import cli
+from fcn_jax import errors
 from fcn_jax import distributed
 from fcn_jax import fault_tolerance
 from fcn_jax import train
@@ -54,7 +55,7 @@ def main(argv):
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id, auto_detect=FLAGS.distributed)
   except ValueError as e:
-    raise app.UsageError(str(e)) from None
+    raise errors.FlagError(str(e)) from None
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   try:
@@ -90,7 +91,7 @@ def _unknown_config_key(error: Exception, argv) -> None:
 def parse_flags(argv):
   """absl's flag parsing, plus a one-line error for an unknown config key."""
   try:
-    return app.parse_flags_with_usage(argv)
+    return cli.parse_flags(argv)
   except (AttributeError, KeyError, TypeError) as e:
     _unknown_config_key(e, argv)
 
@@ -99,8 +100,12 @@ def define_config_flag():
   """--config (a config file) and its --config.KEY=VALUE overrides.
 
   ml_collections reads the overrides of the default file from sys.argv when
-  the flag is defined, so an unknown key already fails here.
+  the flag is defined, so an unknown key already fails here; it also loads
+  the file then, so `~` and `$VARS` in `--config=PATH` are expanded first.
   """
+  sys.argv[1:] = [
+      '--config=' + cli.expand_path(a.split('=', 1)[1])
+      if a.startswith('--config=') else a for a in sys.argv[1:]]
   try:
     config_flags.DEFINE_config_file(
         'config', DEFAULT_CONFIG, 'Training configuration file.',

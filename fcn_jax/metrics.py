@@ -43,12 +43,19 @@ def confusion_matrix(labels: jax.Array, preds: jax.Array, num_classes: int,
   return counts[:-1].reshape(num_classes, num_classes).astype(jnp.int32)
 
 
-def segmentation_scores(hist) -> dict:
+def segmentation_scores(hist, present_only: bool = False) -> dict:
   """The paper's four scores (and per-class IU) from a confusion matrix.
+
+  Args:
+    hist: (C, C) confusion matrix, rows = ground truth.
+    present_only: average mean accuracy and mean IU only over the classes
+      present in the ground truth (rows with pixels), as the paper scores
+      SIFT Flow, whose test set lacks three classes; the others are NaN in
+      'per_class_iu' and their count is 'num_classes_scored'.
 
   Returns a dict with 'overall_acc', 'mean_acc', 'mean_iu', 'fwavacc' (floats)
   and 'per_class_iu' (list of C floats, NaN for classes absent from both
-  labels and predictions).
+  labels and predictions), and with present_only 'num_classes_scored'.
   """
   hist = np.asarray(jax.device_get(hist), np.float64)
   diag = np.diag(hist)
@@ -60,13 +67,19 @@ def segmentation_scores(hist) -> dict:
     per_class_iu = diag / (gt_total + pred_total - diag)
   freq = gt_total / hist.sum() if hist.sum() else gt_total
   present = freq > 0
-  return {
+  if present_only:
+    per_class_acc = np.where(present, per_class_acc, np.nan)
+    per_class_iu = np.where(present, per_class_iu, np.nan)
+  scores = {
       'overall_acc': float(overall_acc),
       'mean_acc': _nanmean(per_class_acc),
       'mean_iu': _nanmean(per_class_iu),
       'fwavacc': float((freq[present] * per_class_iu[present]).sum()),
       'per_class_iu': [float(x) for x in per_class_iu],
   }
+  if present_only:
+    scores['num_classes_scored'] = int(present.sum())
+  return scores
 
 
 def _nanmean(values: np.ndarray) -> float:

@@ -427,6 +427,10 @@ class FCN(StrictParams, nn.Module):
   fast_ops: str = 'auto'
   upsampling_init: str = 'bilinear'
   fc6_padding: int = 0
+  # Channels of the input (3 = BGR; more for RGB-D inputs), and the name of
+  # the first convolution (the reference's RGB-D net calls it conv1_1_bgrd).
+  input_channels: int = 3
+  conv1_1_name: str = 'conv1_1'
 
   def params_hint(self, unexpected: list[str], missing: list[str]) -> str:
     upscore = lambda names: [n for n in names if n.startswith('upscore')]  # pylint: disable=unnecessary-lambda-assignment
@@ -454,22 +458,26 @@ class FCN(StrictParams, nn.Module):
                    kernel_init=self.conv_init, dtype=self.dtype, name=name,
                    conv_general_dilated=conv_fn)
 
-  def _score(self, name: str):
+  def _score(self, name: str, num_classes: int | None = None):
     # Zero-initialized, as in the reference: training starts from the
     # coarse prediction and learns the skips as corrections.
-    return nn.Conv(self.num_classes, (1, 1), kernel_init=nn.initializers.zeros,
-                   dtype=self.dtype, name=name)
+    return nn.Conv(num_classes or self.num_classes, (1, 1),
+                   kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                   name=name)
 
-  def _upsample(self, factor: int, name: str):
-    return Upsample(self.num_classes, factor, self.learn_upsampling,
-                    self.dtype, self.upsampling_init, name=name)
+  def _upsample(self, factor: int, name: str, num_classes: int | None = None):
+    return Upsample(num_classes or self.num_classes, factor,
+                    self.learn_upsampling, self.dtype, self.upsampling_init,
+                    name=name)
 
-  def backbone(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
+  def backbone(self, x: jax.Array, train: bool,
+               suffix: str = '') -> dict[str, jax.Array]:
     """Convolutionalized VGG16: returns the pool1..pool5 and fc7 maps.
 
     The same maps are sown into the 'intermediates' collection (pool1..pool5,
     and fc6_out, fc7_out after ReLU/dropout), so callers can read the convolutionalized
     classifier with ``model.apply(..., mutable=['intermediates'])``.
+    Every layer name gets `suffix` (a second stream: conv1_1hha, ...).
     """
     # The batch size is static: each layer's op is chosen at trace time.
     fast = functools.partial(use_fast_layer, self.fast_ops,
@@ -478,16 +486,19 @@ class FCN(StrictParams, nn.Module):
     for block, (num_convs, channels) in enumerate(VGG16_BLOCKS, start=1):
       for i in range(1, num_convs + 1):
         pad = self.input_padding if (block, i) == (1, 1) else 1
-        name = f'conv{block}_{i}'
-        conv_fn = (fast_ops_lib.conv_chunked_weight_grad if fast(name)
-                   else None)
-        x = self._conv(scaled_channels(channels, self.width), 3, name,
-                       padding=[(pad, pad)] * 2, conv_fn=conv_fn)(x)
+        name = (self.conv1_1_name if (block, i) == (1, 1)
+                else f'conv{block}_{i}')
+        # Chosen by the layer's own name (a second stream's too).
+        conv_fn = (fast_ops_lib.conv_chunked_weight_grad
+                   if fast(f'conv{block}_{i}') else None)
+        x = self._conv(scaled_channels(channels, self.width), 3,
+                       name + suffix, padding=[(pad, pad)] * 2,
+                       conv_fn=conv_fn)(x)
         x = nn.relu(x)
       x = (fast_ops_lib.max_pool_2x2_ceil if fast(f'pool{block}')
            else max_pool_ceil)(x)
       features[f'pool{block}'] = x
-      self.sow('intermediates', f'pool{block}', x)
+      self.sow('intermediates', f'pool{block}{suffix}', x)
     # fc6/fc7: the classifier's fully connected layers as convolutions. fc6
     # reads a 7x7x512 window, exactly the input of VGG16's first FC layer.
     fc = scaled_channels(FC_CHANNELS, self.width)
@@ -495,16 +506,15 @@ class FCN(StrictParams, nn.Module):
       conv_fn = (fast_ops_lib.conv_im2col if name == 'fc6' and fast(name)
                  else None)
       pad = self.fc6_padding if name == 'fc6' else 0
-      x = nn.relu(self._conv(fc, kernel, name, padding=[(pad, pad)] * 2,
-                             conv_fn=conv_fn)(x))
+      x = nn.relu(self._conv(fc, kernel, name + suffix,
+                             padding=[(pad, pad)] * 2, conv_fn=conv_fn)(x))
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-      self.sow('intermediates', f'{name}_out', x)
+      self.sow('intermediates', f'{name}{suffix}_out', x)
     features['fc7'] = x
     return features
 
-  @nn.compact
-  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
-    """Maps (N, H, W, 3) mean-subtracted BGR images to (N, H, W, C) logits."""
+  def check_settings(self) -> None:
+    """ValueError for an unknown variant or an impossible upsampling init."""
     if self.variant not in VARIANTS:
       raise ValueError(f'Unknown FCN variant {self.variant!r}; '
                        f'expected one of {VARIANTS}.')
@@ -514,29 +524,39 @@ class FCN(StrictParams, nn.Module):
     if self.upsampling_init == 'random' and not self.learn_upsampling:
       raise ValueError("upsampling_init='random' needs learn_upsampling=True "
                        '(a frozen random upsampling cannot learn).')
+
+  def coarse_score(self, feats: dict[str, jax.Array], suffix: str = '',
+                   num_classes: int | None = None) -> jax.Array:
+    """The score map before the final upsampling: score_fr (FCN-32s), or
+    score_fr fused with the pool4 (and pool3) skips. Layer names get
+    `suffix` (a second head or stream: score_fr_geo, score_frhha, ...)."""
     offsets = crop_offsets(self.variant, self.input_padding, self.fc6_padding)
-    height, width = images.shape[1:3]
-    feats = self.backbone(images.astype(self.dtype), train)
-    score = self._score('score_fr')(feats['fc7'])
-
+    score = self._score('score_fr' + suffix, num_classes)(feats['fc7'])
     if self.variant == 'fcn32s':
-      score = self._upsample(32, 'upscore')(score)
-    else:
-      pool4, pool3 = feats['pool4'], feats['pool3']
-      if self.variant == 'fcn8s-atonce':
-        pool4 = pool4 * ATONCE_SCALE_POOL4
-        pool3 = pool3 * ATONCE_SCALE_POOL3
-      score = self._upsample(2, 'upscore2')(score)
-      score = fuse_skip(score, self._score('score_pool4')(pool4),
-                        offsets['pool4'])
-      if self.variant == 'fcn16s':
-        score = self._upsample(16, 'upscore16')(score)
-      else:
-        score = self._upsample(2, 'upscore_pool4')(score)
-        score = fuse_skip(score, self._score('score_pool3')(pool3),
-                          offsets['pool3'])
-        score = self._upsample(8, 'upscore8')(score)
+      return score
+    pool4, pool3 = feats['pool4'], feats['pool3']
+    if self.variant == 'fcn8s-atonce':
+      pool4 = pool4 * ATONCE_SCALE_POOL4
+      pool3 = pool3 * ATONCE_SCALE_POOL3
+    score = self._upsample(2, 'upscore2' + suffix, num_classes)(score)
+    score = fuse_skip(score, self._score('score_pool4' + suffix,
+                                         num_classes)(pool4),
+                      offsets['pool4'])
+    if self.variant == 'fcn16s':
+      return score
+    score = self._upsample(2, 'upscore_pool4' + suffix, num_classes)(score)
+    return fuse_skip(score, self._score('score_pool3' + suffix,
+                                        num_classes)(pool3), offsets['pool3'])
 
+  def upsample_to_input(self, score: jax.Array, height: int, width: int,
+                        suffix: str = '',
+                        num_classes: int | None = None) -> jax.Array:
+    """The final upsampling (upscore / upscore16 / upscore8) and crop to the
+    (height, width) of the input; float32 logits."""
+    factor = {'fcn32s': 32, 'fcn16s': 16}.get(self.variant, 8)
+    name = {32: 'upscore', 16: 'upscore16', 8: 'upscore8'}[factor]
+    score = self._upsample(factor, name + suffix, num_classes)(score)
+    offsets = crop_offsets(self.variant, self.input_padding, self.fc6_padding)
     score = crop_like(score, offsets['final'], height, width)
     if score.shape[1:3] != (height, width):
       raise ValueError(
@@ -545,6 +565,19 @@ class FCN(StrictParams, nn.Module):
           f'covers only {score.shape[1]}x{score.shape[2]} (fc6 needs a 7x7 '
           'pool5 window; pad more, e.g. input_padding=1, fc6_padding=3).')
     return score.astype(jnp.float32)
+
+  def check_input(self, images: jax.Array) -> None:
+    if images.shape[-1] != self.input_channels:
+      raise ValueError(f'The model takes {self.input_channels}-channel inputs; '
+                       f'got shape {tuple(images.shape)}.')
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    """Maps (N, H, W, 3) mean-subtracted BGR images to (N, H, W, C) logits."""
+    self.check_settings()
+    self.check_input(images)
+    feats = self.backbone(images.astype(self.dtype), train)
+    return self.upsample_to_input(self.coarse_score(feats), *images.shape[1:3])
 
 
 def get_model(variant: str, num_classes: int = 21, **kwargs) -> FCN:
@@ -571,5 +604,6 @@ def get_model(variant: str, num_classes: int = 21, **kwargs) -> FCN:
 
 def init_params(model: FCN, rng: jax.Array, image_size: int = 32):
   """Initializes parameters with a small dummy input (FCNs take any size)."""
-  dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+  channels = getattr(model, 'input_channels', 3)
+  dummy = jnp.zeros((1, image_size, image_size, channels), jnp.float32)
   return model.init({'params': rng}, dummy, train=False)['params']

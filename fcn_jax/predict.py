@@ -4,6 +4,10 @@
     python -m fcn_jax.predict --checkpoint=runs/fcn8s/checkpoints/1500 \
         --input=photo.jpg --output=out/ [--tta] [--probabilities]
 
+NYUDv2 models that read HHA or depth take them from folders of files named
+like the inputs (`--hha=hha/`, `--depth=depth/`); SIFT Flow's two-headed
+models also write the geometric label map `<stem>_geo.png` (and overlay).
+
 For every input image (any size) it writes `<output>/<stem>.png`, the label
 map as a palette PNG of the input's size (pixel value = class index, VOC
 colours in the palette), `<output>/<stem>_overlay.png`, the colours blended
@@ -27,10 +31,15 @@ from absl import logging
 from PIL import Image
 
 from fcn_jax import cli
+from fcn_jax import errors
 from fcn_jax.data import decode
 from fcn_jax import inference
+from fcn_jax import input_pipeline
+from fcn_jax import tasks
 from fcn_jax import visualize
 from fcn_jax import writers
+from fcn_jax.data import decode
+from fcn_jax.data import nyud
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff',
                     '.webp', '.ppm', '.pgm', '.pbm')
@@ -78,8 +87,13 @@ def predict_files(segmenter: inference.Segmenter, paths: list[str],
                   scales: tuple[float, ...] | None = None,
                   window: int | None = None, overlap: float = 1 / 3,
                   probabilities: bool = False,
-                  overlay_alpha: float = 0.5) -> Report:
-  """Segments `paths` into `output`; failures are collected, not raised."""
+                  overlay_alpha: float = 0.5,
+                  modality_dirs: dict[str, str] | None = None) -> Report:
+  """Segments `paths` into `output`; failures are collected, not raised.
+
+  `modality_dirs` ({'hha': folder, 'depth': folder}) holds the further
+  inputs of NYUDv2 models, one file per input named like it.
+  """
   os.makedirs(output, exist_ok=True)
   report = Report()
   compiled_before = segmenter.num_compilations
@@ -98,6 +112,11 @@ def predict_files(segmenter: inference.Segmenter, paths: list[str],
       report.warnings.extend(f'{path}: {note}' for note in notes)
       for note in notes:
         logging.warning('%s: %s', path, note)
+      if tasks.uses_model_input(segmenter.config):
+        report.written += _predict_heads(segmenter, image, path, stem, output,
+                                         modality_dirs or {}, overlay_alpha)
+        report.sizes.add(image.shape[:2])
+        continue
       if probabilities:
         probs = segmenter.probabilities(image, tta=tta, scales=scales,
                                         window=window, overlap=overlap)
@@ -132,19 +151,72 @@ def predict_files(segmenter: inference.Segmenter, paths: list[str],
   return report
 
 
+def read_modality(modality: str, image_path: str,
+                  modality_dirs: dict[str, str]) -> np.ndarray:
+  """The `modality` ('hha' or 'depth') file that goes with `image_path`:
+  same file name (or same stem, .png) in the folder of --hha / --depth."""
+  folder = os.path.expanduser(modality_dirs.get(modality) or '')
+  if not folder:
+    raise inference.ImageError(
+        f'{image_path}: this model also reads {modality}; give '
+        f'--{modality}=FOLDER with a file named like each input.')
+  name = os.path.basename(image_path)
+  candidates = [os.path.join(folder, name),
+                os.path.join(folder, os.path.splitext(name)[0] + '.png')]
+  path = next((c for c in candidates if os.path.isfile(c)), None)
+  if path is None:
+    raise inference.ImageError(f'{candidates[-1]}: {modality} file for '
+                               f'{image_path} not found.')
+  try:
+    return (nyud.read_depth(path) if modality == 'depth'
+            else decode.read_image(path))
+  except decode.DataError as e:
+    raise inference.ImageError(str(e)) from None
+
+
+def _predict_heads(segmenter: inference.Segmenter, image: np.ndarray,
+                   path: str, stem: str, output: str,
+                   modality_dirs: dict[str, str],
+                   overlay_alpha: float) -> list[str]:
+  """Label map and overlay of every head: <stem>.png, <stem>_geo.png, ..."""
+  extras = {}
+  for modality in tasks.extra_modalities(segmenter.config):
+    extras[modality] = read_modality(modality, path, modality_dirs)
+    if extras[modality].shape[:2] != image.shape[:2]:
+      raise inference.ImageError(
+          f'{path}: its {modality} is {extras[modality].shape[1]}x'
+          f'{extras[modality].shape[0]} (WxH) but the image is '
+          f'{image.shape[1]}x{image.shape[0]}.')
+  logits = segmenter.head_logits(
+      tasks.model_input(segmenter.config, image, extras))
+  written = []
+  for key, head in logits.items():
+    labels = np.argmax(head, axis=-1).astype(np.uint8)
+    tag = '' if key == 'label' else '_' + key[:-len('_label')]
+    palette = (segmenter.palette if key == 'label'
+               else input_pipeline.voc_palette(head.shape[-1]))
+    label_path = os.path.join(output, f'{stem}{tag}.png')
+    visualize.save_label_png(label_path, labels, palette)
+    overlay_path = os.path.join(output, f'{stem}{tag}_overlay.png')
+    Image.fromarray(visualize.overlay(image, labels, palette,
+                                      overlay_alpha)).save(overlay_path)
+    written += [label_path, overlay_path]
+  return written
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   writers.quiet_library_logs()
   if not FLAGS.input or not FLAGS.output:
-    raise app.UsageError('--input and --output are required.')
+    raise errors.FlagError('--input and --output are required.')
   if not FLAGS.workdir and FLAGS.checkpoint in ('best', 'latest'):
-    raise app.UsageError('Give --workdir or --checkpoint=PATH.')
+    raise errors.FlagError('Give --workdir or --checkpoint=PATH.')
   try:
     scales = tuple(float(s) for s in FLAGS.scales)
   except ValueError:
-    raise app.UsageError(f'--scales={",".join(FLAGS.scales)}: expected '
-                         'numbers, e.g. 0.75,1,1.25.')
+    raise errors.FlagError(f'--scales={",".join(FLAGS.scales)}: expected '
+                           'numbers, e.g. 0.75,1,1.25.') from None
   decode.set_max_image_pixels(FLAGS.max_image_pixels)
   paths = list_images(FLAGS.input)
   segmenter = inference.load_from_args(FLAGS.workdir, FLAGS.checkpoint, FLAGS.dtype,
@@ -158,7 +230,8 @@ def main(argv):
       segmenter, paths, FLAGS.output, tta=FLAGS.tta,
       scales=scales if FLAGS.tta else None, window=FLAGS.window or None,
       overlap=FLAGS.overlap, probabilities=FLAGS.probabilities,
-      overlay_alpha=FLAGS.overlay_alpha)
+      overlay_alpha=FLAGS.overlay_alpha,
+      modality_dirs={'hha': FLAGS.hha or '', 'depth': FLAGS.depth or ''})
   done = len(paths) - len(report.failures)
   print(f'Segmented {done} of {len(paths)} image(s) into {FLAGS.output} in '
         f'{report.seconds:.1f}s: {len(report.sizes)} distinct size(s), '
@@ -204,6 +277,10 @@ def _define_flags():
                        '(config.seeds): the seed to use; -1 = the best by '
                        'validation mean IU.')
   flags.DEFINE_float('overlay_alpha', 0.5, 'Opacity of the colours in overlays.')
+  flags.DEFINE_string('hha', None, 'NYUDv2 HHA / RGB-HHA models: folder of '
+                      'HHA images named like the inputs.')
+  flags.DEFINE_string('depth', None, 'NYUDv2 RGB-D models: folder of depth '
+                      'PNGs named like the inputs.')
 
 
 if __name__ == '__main__':

@@ -28,6 +28,8 @@ def make_predict_fn(apply_fn) -> Callable:
   @jax.jit
   def predict(params, image):
     logits = apply_fn({'params': params}, image, train=False)
+    if isinstance(logits, dict):  # Several heads (SIFT Flow): the main one.
+      logits = logits['label']
     return jnp.argmax(logits[0], axis=-1)
   return predict
 
@@ -41,9 +43,21 @@ def prediction_strip(image: np.ndarray, label: np.ndarray, pred: np.ndarray,
   colours[:len(palette)] = palette
   gap = np.full((image.shape[0], _SEPARATOR, 3), 255, np.uint8)
   return np.concatenate([
-      np.asarray(image, np.uint8), gap,
+      displayable(image), gap,
       visualize.colorize(np.asarray(label, np.int64), colours), gap,
       visualize.colorize(np.asarray(pred, np.int64), colours)], axis=1)
+
+
+def displayable(image: np.ndarray) -> np.ndarray:
+  """(H, W, 3) uint8 RGB of an example's image. Preprocessed float inputs
+  (NYUDv2, SIFT Flow: BGR first, minus a mean) show their first three
+  channels as RGB, stretched to 0-255."""
+  image = np.asarray(image)
+  if image.dtype == np.uint8:
+    return image
+  rgb = image[..., :3][..., ::-1].astype(np.float32)
+  low, high = float(rgb.min()), float(rgb.max())
+  return np.uint8(np.round(255 * (rgb - low) / max(high - low, 1e-6)))
 
 
 def write_eval_images(writer, step: int, predict_fn: Callable, params,

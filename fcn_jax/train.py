@@ -37,6 +37,7 @@ from fcn_jax import models
 from fcn_jax import prefetch
 from fcn_jax import sharding
 from fcn_jax import summaries
+from fcn_jax import tasks
 from fcn_jax import writers
 
 OPTIMIZERS = ('sgd', 'adam', 'adamw')
@@ -97,6 +98,8 @@ def validate_config(config: ml_collections.ConfigDict,
   for key in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
               'keep_checkpoints', 'preemption_check_every_steps'):
     check(config[key] > 0, key, 'must be positive')
+  for key, message in tasks.config_errors(config):
+    check(False, key, message)
   num_devices = jax.device_count() if num_devices is None else num_devices
   check(config.batch_size % num_devices == 0, 'batch_size',
         f'must be a multiple of the number of devices ({num_devices})')
@@ -127,8 +130,9 @@ def resolve_num_classes(config: ml_collections.ConfigDict,
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int):
-  return models.get_model(
-      config.model, num_classes, width=config.width,
+  # tasks picks the NYUDv2 / SIFT Flow variants (other inputs, two heads).
+  return tasks.create_model(
+      config, num_classes, width=config.width,
       learn_upsampling=config.learn_upsampling,
       dropout_rate=config.dropout_rate, input_padding=config.input_padding,
       dtype=config.dtype,
@@ -235,8 +239,7 @@ def train_step(state: TrainState, batch: dict, dropout_rng: jax.Array,
   def loss_fn(params):
     logits = state.apply_fn({'params': params}, batch['image'], train=True,
                             rngs={'dropout': rng})
-    return losses.pixel_cross_entropy(logits, batch['label'],
-                                      loss_normalization)
+    return tasks.loss(logits, batch, loss_normalization)
 
   if grad_accum_steps > 1:
     loss, grads = accumulated_loss_and_grads(
@@ -282,18 +285,22 @@ def accumulated_loss_and_grads(state: TrainState, batch: dict,
   sum over micro-batches is exactly the whole batch's loss, also when the
   micro-batches hold different numbers of labelled pixels.
   """
+  label_keys = input_pipeline.label_keys(batch)
   if loss_normalization == 'sum':
-    normalizer = jnp.float32(batch['label'].shape[0])
+    normalizers = {k: jnp.float32(batch[k].shape[0]) for k in label_keys}
   else:
-    labelled = jnp.sum(batch['label'] != metrics_lib.IGNORE_INDEX)
-    normalizer = jnp.maximum(labelled, 1).astype(jnp.float32)
+    normalizers = {k: jnp.maximum(jnp.sum(batch[k] != metrics_lib.IGNORE_INDEX),
+                                  1).astype(jnp.float32) for k in label_keys}
 
   def micro_loss_fn(params, micro_batch, micro_rng):
     logits = state.apply_fn({'params': params}, micro_batch['image'],
                             train=True, rngs={'dropout': micro_rng})
-    # 'sum' normalization divides by the micro-batch size: undo it.
-    total = losses.pixel_cross_entropy(logits, micro_batch['label'], 'sum')
-    return total * micro_batch['label'].shape[0] / normalizer
+    if not isinstance(logits, dict):
+      logits = {'label': logits}
+    # 'sum' normalization divides by the micro-batch size: undo it. Several
+    # heads (SIFT Flow) add up, each with its own normalizer.
+    return sum(losses.pixel_cross_entropy(logits[k], micro_batch[k], 'sum')
+               * micro_batch[k].shape[0] / normalizers[k] for k in label_keys)
 
   def accumulate(carry, xs):
     loss_sum, grad_sum = carry
@@ -303,7 +310,7 @@ def accumulated_loss_and_grads(state: TrainState, batch: dict,
     return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
 
   micro_batches = split_micro_batches(
-      {k: batch[k] for k in ('image', 'label')}, num_micro_batches,
+      input_pipeline.model_arrays(batch), num_micro_batches,
       micro_batch_sharding)
   zeros = (jnp.zeros((), jnp.float32),
            jax.tree.map(jnp.zeros_like, state.params))
@@ -328,15 +335,11 @@ def eval_step(state: TrainState, hist: jax.Array, batch: dict,
   A (C, C) `hist` counts all pixels. A (2, C, C) `hist` (used when
   `boundary_radius` > 0) also counts, in hist[1], the pixels within
   `boundary_radius` of a label boundary (metrics.boundary_confusion_matrix).
+  A two-headed model (SIFT Flow) has a dict of such matrices, one per label
+  key (tasks.add_confusion).
   """
   logits = state.apply_fn({'params': state.params}, batch['image'], train=False)
-  preds = jnp.argmax(logits, axis=-1)
-  num_classes = hist.shape[-1]
-  counts = metrics_lib.confusion_matrix(batch['label'], preds, num_classes)
-  if hist.ndim == 3:
-    counts = jnp.stack([counts, metrics_lib.boundary_confusion_matrix(
-        batch['label'], preds, num_classes, boundary_radius)])
-  return hist + counts
+  return tasks.add_confusion(hist, batch, logits, boundary_radius)
 
 
 def compile_steps(config, mesh):
@@ -362,6 +365,7 @@ def compile_steps(config, mesh):
 
 def evaluate(p_eval_step, state, source, batch_size: int, num_classes: int,
              mesh, boundary_radius: int = 0, return_hist: bool = False,
+             extra_heads: dict | None = None, present_only: bool = False,
              reader=None, **batching):
   """The paper's scores over a whole split, from one global histogram.
 
@@ -371,36 +375,41 @@ def evaluate(p_eval_step, state, source, batch_size: int, num_classes: int,
   goes to `input_pipeline.eval_batches`; a `reader`
   (input_pipeline.EvalReader of `source`, e.g. with worker processes) is read
   instead when given. Batches are placed on the devices ahead of their step.
-  With `return_hist`, returns (scores, the (C, C) confusion matrix).
+  With `return_hist`, returns (scores, the main head's (C, C) confusion
+  matrix). `extra_heads` ({'geo_label': 3}) adds the scores of further heads,
+  prefixed 'geo_'; `present_only` averages the main head's means over the
+  classes present in the split (tasks.scores_of).
   """
-  shape = (num_classes, num_classes)
-  if boundary_radius > 0:
-    shape = (2,) + shape
-  hist = sharding.replicate(np.zeros(shape, np.int32), mesh)
+  sizes = dict({'label': num_classes}, **(extra_heads or {}))
+  hist = sharding.replicate(tasks.empty_hist(sizes, boundary_radius), mesh)
   if reader is None:
     reader = input_pipeline.EvalReader(source, batch_size, **batching)
   batches = prefetch.DevicePrefetcher(
       iter(reader), lambda b: sharding.shard_batch(
-          {k: b[k] for k in ('image', 'label')}, mesh), len(reader))
+          input_pipeline.model_arrays(b), mesh), len(reader))
   try:
     for batch, _ in batches:
       hist = p_eval_step(state, hist, batch)
   finally:
     batches.close()
   hist = jax.device_get(hist)
-  if boundary_radius <= 0:
-    scores = metrics_lib.segmentation_scores(hist)
-  else:
-    scores = metrics_lib.segmentation_scores(hist[0])
-    scores['boundary_mean_iu'] = metrics_lib.segmentation_scores(
-        hist[1])['mean_iu']
-    hist = hist[0]
-  return (scores, hist) if return_hist else scores
+  scores = tasks.scores_of(hist, present_only)
+  if not return_hist:
+    return scores
+  main = np.asarray(hist['label'] if isinstance(hist, dict) else hist)
+  return scores, (main[0] if main.ndim == 3 else main)
 
 
 def _format_scores(scores: dict) -> str:
-  return ', '.join(f'{k}={scores[k]:.4f}'
-                   for k in ('overall_acc', 'mean_acc', 'mean_iu', 'fwavacc'))
+  keys = ('overall_acc', 'mean_acc', 'mean_iu', 'fwavacc')
+  text = ', '.join(f'{k}={scores[k]:.4f}' for k in keys)
+  if 'num_classes_scored' in scores:
+    text += (f' (means over the {scores["num_classes_scored"]} classes present '
+             'in the ground truth)')
+  if tasks.GEO_PREFIX + 'mean_iu' in scores:
+    text += '; geometric: ' + ', '.join(
+        f'{k}={scores[tasks.GEO_PREFIX + k]:.4f}' for k in keys)
+  return text
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -492,8 +501,7 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
       grain.experimental.set_next_index(train_iter, int(state.step))
   elif config.get('init_from'):
     # Fresh run seeded from pretrained weights (VGG16, an earlier stage).
-    state = state.replace(params=convert.init_from(state.params,
-                                                   config.init_from))
+    state = state.replace(params=tasks.init_from(state.params, config))
   start_step = int(state.step)
 
   p_train_step, p_eval_step = compile_steps(config, mesh)
@@ -511,9 +519,11 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
 
   def run_eval(step):
     t0 = time.time()
-    scores, hist = evaluate(p_eval_step, state, val_source, eval_batch_size,
-                            num_classes, mesh, config.get('boundary_radius', 0),
-                            return_hist=True, reader=eval_reader)
+    scores, hist = evaluate(
+        p_eval_step, state, val_source, eval_batch_size, num_classes, mesh,
+        config.get('boundary_radius', 0), return_hist=True,
+        extra_heads={k: len(n) for k, n in info.extra_heads},
+        present_only=info.present_classes_only, reader=eval_reader)
     logging.info('Eval at step %d (%.1fs): %s', step, time.time() - t0,
                  _format_scores(scores))
     writer.write(step, 'val', scores)
@@ -529,7 +539,7 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
   train_losses = []
   batches = prefetch.DevicePrefetcher(
       train_iter, lambda b: sharding.shard_batch(
-          {k: b[k] for k in ('image', 'label')}, mesh),
+          input_pipeline.model_arrays(b), mesh),
       config.num_train_steps - start_step, config.get('device_prefetch', 2),
       prepare=lambda i, b: faults.corrupt_batch(start_step + 1 + i, b),
       track_position=True)

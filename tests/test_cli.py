@@ -70,14 +70,16 @@ def test_other_exceptions_are_not_disguised():
                           user_errors=(OSError,))(['prog'])
 
 
-def test_main_reports_unknown_config_keys_in_one_line(tmp_path):
-  # Both misspellings fail while the flags are defined (before any JAX work).
+def test_main_reports_bad_config_keys_and_values_in_one_line(tmp_path):
+  # All fail while the flags are defined (before any JAX work).
   for flag, expected in [
       ('--config.nonexistent=3',
        "error: --config.nonexistent: no such config key 'nonexistent' "),
       ('--config.eval_every=5',
        "error: --config.eval_every: no such config key 'eval_every' (did you "
        "mean 'eval_every_steps'?)."),
+      ('--config.batch_size=abc',
+       "error: flag --config.batch_size=abc: invalid literal for int()"),
   ]:
     proc = subprocess.run(
         [sys.executable, '-m', 'fcn_jax.main', f'--workdir={tmp_path}', flag],
@@ -90,9 +92,12 @@ def test_main_reports_unknown_config_keys_in_one_line(tmp_path):
 
 def test_missing_data_dir_is_one_line_naming_the_expanded_path(tmp_path):
   env = dict(os.environ, HOME=str(tmp_path))
+  shutil.copy(os.path.join(os.path.dirname(cli.__file__), 'configs',
+                           'tiny.py'), tmp_path / 'my_config.py')
   proc = subprocess.run(
       [sys.executable, '-m', 'fcn_jax.main', '--workdir=~/runs/x',
-       '--config.dataset=voc_dir', '--config.data_dir=~/missing'],
+       '--config=~/my_config.py', '--config.dataset=voc_dir',
+       '--config.data_dir=~/missing'],
       capture_output=True, text=True, timeout=120, check=False, env=env)
   assert proc.returncode == 1, proc.stderr[-2000:]
   assert proc.stderr.strip().splitlines()[-1] == (

@@ -41,7 +41,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Dataset: 'synthetic' (built in, no download); 'voc' (VOCdevkit under
   # data_dir), 'sbd' (SBD train + VOC2011 seg11valid under data_dir), 'voc_dir'
-  # (any VOC-layout folder = data_dir) or 'tfds:<name>' (a TFDS dataset
+  # (any VOC-layout folder = data_dir), 'nyud', 'siftflow', 'pascal_context'
+  # (NYUDv2, SIFT Flow, PASCAL-Context) or 'tfds:<name>' (a TFDS dataset
   # prepared as array_record in data_dir). See docs/datasets.md.
   config.dataset = 'synthetic'
   # Root folder of on-disk datasets ('' for tfds = TFDS's default folder).
@@ -62,6 +63,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.val_dataset = ''
   # 'voc' only: which VOCdevkit/VOC<year> folder to read.
   config.voc_year = '2012'
+  # 'nyud' only: the network input: 'color', 'hha', 'color-d' (RGB + log
+  # depth in one 4-channel conv1_1) or 'color-hha' (two streams, late fusion).
+  config.nyud_input = 'color'
+  # 'nyud' with nyud_input='color-hha' only: the HHA run to initialize the HHA
+  # stream from (config.init_from initializes the color stream).
+  config.init_from_hha = ''
   # Mixed-size batches (whole-image training, evaluation) are padded to their
   # largest image rounded up to this multiple, so jit compiles one program per
   # bucket shape, not per image size (1 = exact sizes, as the reference).

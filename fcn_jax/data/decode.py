@@ -12,6 +12,7 @@ import re
 from typing import Sequence
 
 import numpy as np
+import scipy.io
 from absl import logging
 from PIL import Image
 
@@ -99,6 +100,39 @@ def read_label_png(path: str) -> np.ndarray:
       return label.astype(np.uint8)
   raise DataError(f'{path}: label PNG has mode {image.mode!r}; expected a '
                   "palette ('P') or grayscale ('L') PNG of class indices.")
+
+
+def load_mat(path: str) -> dict:
+  """The variables of a MATLAB .mat file (v5/v7), with one-line errors."""
+  if not os.path.isfile(path):
+    raise DataError(f'{path}: file not found.')
+  try:
+    return scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
+  except (ValueError, OSError, TypeError, NotImplementedError,
+          scipy.io.matlab.MatReadError) as e:
+    raise DataError(f'{path}: unreadable .mat file ({e}).') from None
+
+
+def mat_label_map(path: str, key: str, low: int, high: int) -> np.ndarray:
+  """The 2-D integer map `key` of a .mat file, values checked in [low, high].
+
+  Returned as int32, unchanged, for the caller's own label mapping.
+  """
+  mat = load_mat(path)
+  if key not in mat:
+    found = sorted(k for k in mat if not k.startswith('__'))
+    raise DataError(f'{path}: no variable {key!r} in the .mat file (found '
+                    f'{found}).')
+  label = np.asarray(mat[key])
+  if label.ndim != 2 or label.size == 0 or label.dtype.kind not in 'uif':
+    raise DataError(f'{path}: {key!r} has shape {label.shape} and type '
+                    f'{label.dtype}; expected a 2-D label map.')
+  if label.dtype.kind == 'f' and not np.all(label == np.round(label)):
+    raise DataError(f'{path}: {key!r} holds non-integer values.')
+  if label.min() < low or label.max() > high:
+    raise DataError(f'{path}: {key!r} values {int(label.min())}..'
+                    f'{int(label.max())} are outside {low}..{high}.')
+  return label.astype(np.int32)
 
 
 def decode_image_bytes(data: bytes, name: str) -> np.ndarray:
