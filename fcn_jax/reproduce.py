@@ -354,8 +354,9 @@ def markdown(rows: list[Row]) -> str:
     scores = [_cell(r.scores.get(k)) for k in SCORE_KEYS]
     diff = '' if r.difference is None else f'{r.difference:+.2f}'
     cells = [r.model, r.file, r.split, str(r.num_images or '')] + scores + [
-        _cell(r.published_mean_iu), diff, _cell(r.scores.get('geo_overall_acc')),
-        _cell(r.published_geo_acc), r.status]
+        _cell(r.published_mean_iu), diff,
+        _cell(r.scores.get('geo_overall_acc')), _cell(r.published_geo_acc),
+        r.status]
     lines.append('| ' + ' | '.join(cells) + ' |')
   scored = [r for r in rows if 'num_classes_scored' in r.scores]
   for r in scored:
@@ -405,7 +406,8 @@ def _define_flags():
                       'PASCAL models: VOCdevkit/VOC2011 or VOC2011 itself).')
   flags.DEFINE_string('pascal_context_dir', '', 'For the pascalcontext-* '
                       'models: the folder holding VOCdevkit/VOC2010 and '
-                      "PASCAL-Context's trainval/ .mat files (docs/datasets.md).")
+                      "PASCAL-Context's trainval/ .mat files "
+                      '(docs/datasets.md).')
   flags.DEFINE_string('nyud_dir', '', 'For the nyud-* models: the unpacked '
                       'nyud.tar.gz (nyud/ or the folder holding it).')
   flags.DEFINE_string('siftflow_dir', '', 'For the siftflow-* models: the '
