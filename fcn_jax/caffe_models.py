@@ -21,8 +21,9 @@ it:
   frozen) are checked against the constants the model applies and dropped.
 
 The NYUDv2 two-stream (color-hha) and SIFT Flow two-headed models have
-tables too (stream / head sub-trees: ('color', 'conv1_1'), ('sem',
-'score_fr'), ...), for the models that read them.
+tables too; their layers keep the reference's suffixed names (conv1_1color,
+score_frhha, score_fr_sem, upscore2_geo, ...), which are also the param
+names of `multi_models.LateFusionFCN` and `multi_models.TwoHeadFCN`.
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def table_for_arch(arch: str) -> dict[str, tuple[str, ...]]:
     table = {'upscore': ('upscore',)}
     for stream in ('color', 'hha'):
       for name in VGG16_CONVS + ('fc6', 'fc7', 'score_fr'):
-        table[name + stream] = (stream, name)
+        table[name + stream] = (name + stream,)
     return table
   if arch.startswith('siftflow-'):
     # siftflow-fcn*/net.py: a shared trunk and a semantic and a geometric
@@ -161,7 +162,7 @@ def table_for_arch(arch: str) -> dict[str, tuple[str, ...]]:
     table = _identity(VGG16_CONVS + ('fc6', 'fc7'))
     for head in ('sem', 'geo'):
       for name in HEADS[arch[len('siftflow-'):]]:
-        table[f'{name}_{head}'] = (head, name)
+        table[f'{name}_{head}'] = (f'{name}_{head}',)
     return table
   raise ValueError(f'No Caffe layer table for architecture {arch!r}.')
 
@@ -399,8 +400,8 @@ def convert_caffemodel(path: str, model: str = '',
       'learn_upsampling': any(k.startswith('upscore') for k in params),
       'ignored_layers': report['ignored'], 'dropped_layers': report['dropped'],
   }
-  trunk = params.get('conv1_1') or params.get('conv1') or params['color'][
-      'conv1_1']
+  trunk = (params.get('conv1_1') or params.get('conv1')
+           or params['conv1_1color'])
   base = (models.VGG16_BLOCKS[0][1] if 'conv1' not in params
           else ALEXNET_CONV1_CHANNELS)
   metadata['width'] = trunk['kernel'].shape[-1] / base
@@ -411,7 +412,7 @@ ALEXNET_CONV1_CHANNELS = 96
 
 
 def _num_classes(params: Mapping) -> int:
-  for path in (('score_fr',), ('sem', 'score_fr'), ('color', 'score_fr'),
+  for path in (('score_fr',), ('score_fr_sem',), ('score_frcolor',),
                ('fc8',)):
     node = params
     for key in path:

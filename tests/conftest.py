@@ -33,3 +33,41 @@ def pytest_runtest_makereport(item, call):
     report.outcome = 'failed'
     report.longrepr = (f'Skipped under CI=true ({reason}): {missing[0]} is '
                        'required in CI (pip install torch==2.13.0).')
+
+
+@pytest.fixture(scope='module')
+def compile_cache_env(tmp_path_factory) -> dict:
+  """Environment variables that give this module's JAX subprocesses one
+  compilation cache.
+
+  Runs of the same program then compile it once: the later ones load the
+  executable the first one stored (the same bits, so bit-exact comparisons
+  between runs still hold). The cache key covers XLA_FLAGS and the backend.
+  """
+  return {'JAX_COMPILATION_CACHE_DIR': str(tmp_path_factory.mktemp('jax_cache')),
+          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+          'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '-1'}
+
+@pytest.fixture(scope='module')
+def persistent_compile_cache(tmp_path_factory):
+  """This module's in-process jits share a persistent compilation cache.
+
+  `train.train_and_evaluate` builds new jitted steps on every call, so each
+  call of the same config would compile the same program again; with the
+  cache, only the first does. Opt-in per module (not suite-wide): tests that
+  count backend compilations must not see cache hits from other modules.
+  """
+  import jax
+  from jax._src import compilation_cache
+  names = ('jax_compilation_cache_dir',
+           'jax_persistent_cache_min_compile_time_secs',
+           'jax_persistent_cache_min_entry_size_bytes')
+  saved = {name: getattr(jax.config, name) for name in names}
+  cache_dir = tmp_path_factory.mktemp('jax_cache')
+  for name, value in zip(names, (str(cache_dir), 0, -1)):
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+  yield cache_dir
+  for name, value in saved.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()

@@ -33,22 +33,27 @@ def compile_listener(listener):
     jax_monitoring.unregister_event_duration_listener(listener)
 
 
-def _train_tiny(tmp_path_factory) -> str:
+def tiny_training_run(tmp_path_factory) -> tuple[str, dict]:
+  """(workdir, result of train_and_evaluate) of one get_tiny_config run.
+
+  Trained once per test session: every module that needs a finished tiny run
+  (the inference tests, test_train's end-to-end checks) reads the same one.
+  """
   from fcn_jax import train  # pylint: disable=g-import-not-at-top
   from fcn_jax.configs import default  # pylint: disable=g-import-not-at-top
-  workdir = str(tmp_path_factory.mktemp('tiny_workdir'))
-  config = default.get_tiny_config()
-  train.train_and_evaluate(config, workdir)
-  return workdir
+  if 'workdir' not in _CACHE:
+    workdir = str(tmp_path_factory.mktemp('tiny_workdir'))
+    _CACHE['result'] = train.train_and_evaluate(default.get_tiny_config(),
+                                                workdir)
+    _CACHE['workdir'] = workdir
+  return _CACHE['workdir'], _CACHE['result']
 
 
 @pytest.fixture(scope='session')
 def trained_workdir(tmp_path_factory):
   """A workdir trained with get_tiny_config (checkpoints at steps 3 and 6)."""
   # Several modules import this fixture; the cache makes it one run.
-  if 'workdir' not in _CACHE:
-    _CACHE['workdir'] = _train_tiny(tmp_path_factory)
-  return _CACHE['workdir']
+  return tiny_training_run(tmp_path_factory)[0]
 
 
 def random_params(model, seed: int = 0):

@@ -226,9 +226,9 @@ def test_mapping_tables_cover_the_reference_nets():
         list(table) + (['scale_pool4'] if 'atonce' in name else [])) == ref.arch
     assert ref.url.endswith('/' + ref.file)
   assert caffe_models.layer_table('nyud-fcn32s-color-hha')['fc6hha'] == (
-      'hha', 'fc6')
+      'fc6hha',)
   assert caffe_models.layer_table('siftflow-fcn16s')['upscore16_geo'] == (
-      'geo', 'upscore16')
+      'upscore16_geo',)
   assert caffe_models.layer_table('voc-fcn8s')['score_pool3'] == (
       'score_pool3',)
 
@@ -250,9 +250,9 @@ def test_table_entries_are_filled_by_shape_and_layout(tmp_path):
   params, report = caffe_models.params_from_net(net, 'fcn32s-color-hha')
   assert report == {'ignored': [], 'dropped': ['upscore']}
   w = dict((n, b) for n, _, b, _ in layers)['score_frhha'][0]
-  np.testing.assert_array_equal(params['hha']['score_fr']['kernel'],
+  np.testing.assert_array_equal(params['score_frhha']['kernel'],
                                 w.transpose(2, 3, 1, 0))
-  assert sorted(params) == ['color', 'hha']
+  assert sorted(params) == sorted(n for n in table if n != 'upscore')
 
 
 # ---------------------------------------------------------------------------

@@ -152,8 +152,11 @@ def test_run_sweep_skips_finished_and_survives_failures(tmp_path, monkeypatch):
       os.path.join(workdir, 'width=-1.0,seed=0', 'log.txt')).read()
 
 
-def test_tiny_sweep_end_to_end(tmp_path):
+def test_tiny_sweep_end_to_end(tmp_path, monkeypatch, compile_cache_env):
   """Real fcn_jax.main runs: 2 settings x 2 seeds, one setting failing."""
+  # The runs inherit one compilation cache: the resumed run loads its steps.
+  for name, value in compile_cache_env.items():
+    monkeypatch.setenv(name, value)
   tiny = os.path.join(REPO, 'fcn_jax', 'configs', 'tiny.py')
   base = {'num_train_steps': 2, 'log_every_steps': 1, 'eval_every_steps': 2,
           'checkpoint_every_steps': 2, 'batch_size': 2, 'synthetic.val_size': 2,

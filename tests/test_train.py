@@ -19,6 +19,11 @@ from fcn_jax import sharding
 from fcn_jax import train
 from fcn_jax import writers
 from fcn_jax.configs import default
+import inference_testutil
+
+# train_and_evaluate compiles new jitted steps per call: the resume tests
+# load the programs of the earlier runs instead of compiling them again.
+pytestmark = pytest.mark.usefixtures('persistent_compile_cache')
 
 
 def _tiny(**overrides):
@@ -102,9 +107,8 @@ def test_eval_step_counts_every_labelled_pixel_once():
 
 @pytest.fixture(scope='module')
 def finished_run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('run'))
-  result = train.train_and_evaluate(_tiny(), workdir)
-  return workdir, result
+  # The session's one get_tiny_config run (the inference tests read it too).
+  return inference_testutil.tiny_training_run(tmp_path_factory)
 
 
 def test_end_to_end_writes_metrics_config_and_checkpoints(finished_run):
