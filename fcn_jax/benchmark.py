@@ -198,18 +198,23 @@ class JaxRunner:
   """fcn_jax FCN-8s: jitted forward and SGD-momentum training step."""
 
   def __init__(self, width: float, fast_ops: str, params=None,
-               dtype: str = 'float32'):
+               dtype: str = 'float32', model_kwargs: dict | None = None,
+               donate: bool = True, remat_policy=None):
+    """`model_kwargs` go to models.get_model; `donate`: the train step
+    donates params and optimizer state; `remat_policy`: a
+    jax.checkpoint_policies policy for the loss (None = no remat)."""
     import jax  # pylint: disable=g-import-not-at-top
     import optax  # pylint: disable=g-import-not-at-top
     from fcn_jax import losses  # pylint: disable=g-import-not-at-top
     from fcn_jax import models  # pylint: disable=g-import-not-at-top
     self.jax = jax
+    model_kwargs = model_kwargs or {}
     self.model = models.get_model('fcn8s', NUM_CLASSES, width=width,
                                   dropout_rate=0.5, fast_ops=fast_ops,
-                                  dtype=dtype)
+                                  dtype=dtype, **model_kwargs)
     self.plain_model = models.get_model('fcn8s', NUM_CLASSES, width=width,
                                         dropout_rate=0.5, fast_ops='off',
-                                        dtype=dtype)
+                                        dtype=dtype, **model_kwargs)
     shapes = jax.eval_shape(
         lambda: models.init_params(self.model, jax.random.key(0)))
     self.params = params if params is not None else random_params(shapes)
@@ -227,6 +232,8 @@ class JaxRunner:
         logits = model.apply({'params': params}, images, train=True,
                              rngs={'dropout': rng})
         return losses.pixel_cross_entropy(logits, labels, 'sum')
+      if remat_policy is not None:
+        loss_fn = jax.checkpoint(loss_fn, policy=remat_policy)
       loss, grads = jax.value_and_grad(loss_fn)(params)
       updates, opt_state = self.tx.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), opt_state, loss
@@ -235,7 +242,8 @@ class JaxRunner:
     self._train_step = train_step
     self.forward = jax.jit(lambda p, x: forward(self.model, p, x))
     self.train_step = jax.jit(
-        lambda *a: train_step(self.model, *a), donate_argnums=(0, 1))
+        lambda *a: train_step(self.model, *a),
+        donate_argnums=(0, 1) if donate else ())
     self.params = jax.device_put(self.params)
     self.opt_state = jax.jit(self.tx.init)(self.params)
     self.rng = jax.random.key(0)
@@ -252,6 +260,20 @@ class JaxRunner:
       self.train_step.lower(self.params, self.opt_state, images, labels,
                             self.rng).compile()
     return time.perf_counter() - start
+
+  def memory_bytes(self, kind: str, images, labels) -> int | None:
+    """Device bytes the compiled program needs (XLA's memory analysis):
+    arguments + outputs - donated (aliased) + temporaries."""
+    if kind == 'forward':
+      lowered = self.forward.lower(self.params, images)
+    else:
+      lowered = self.train_step.lower(self.params, self.opt_state, images,
+                                      labels, self.rng)
+    stats = lowered.compile().memory_analysis()
+    if stats is None:
+      return None
+    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes -
+               stats.alias_size_in_bytes + stats.temp_size_in_bytes)
 
   def plain_flops(self, kind: str, images, labels) -> float:
     """FLOPs of the plain-XLA forward or train step (XLA cost analysis).

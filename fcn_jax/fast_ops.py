@@ -24,6 +24,7 @@ through its `conv_general_dilated` attribute without changing parameters.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Sequence
 
 import jax
@@ -35,6 +36,30 @@ from jax import lax
 DEFAULT_CHUNK_PIXELS = 2048
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+# The layers of FCN (models.FCN.backbone names) whose fast op beat XLA's own
+# on CPU, per batch size: forward + backward of each layer alone at full
+# width on a 256x256 input, the two interleaved, medians of 3
+# (`python -m experiments.fast_ops_layers`; the table is in
+# docs/performance.md). Other batch sizes take the nearest measured one.
+CPU_FAST_LAYERS = {
+    1: frozenset({
+        'conv1_1', 'conv1_2', 'conv2_1', 'conv2_2', 'conv3_1', 'conv3_2',
+        'conv3_3', 'pool1', 'pool2', 'pool3', 'pool4', 'pool5', 'fc6'}),
+    8: frozenset({
+        'conv1_1', 'conv1_2', 'conv2_1', 'conv2_2', 'conv3_1', 'conv3_2',
+        'conv3_3', 'conv4_1', 'conv4_2', 'conv4_3', 'conv5_2', 'conv5_3',
+        'pool1', 'pool2', 'pool3', 'pool4', 'pool5', 'fc6'}),
+}
+
+
+def cpu_fast_layer(name: str, batch_size: int) -> bool:
+  """Whether layer `name` (e.g. 'conv4_2', 'pool3', 'fc6') uses its fast op
+  on CPU at `batch_size`, from CPU_FAST_LAYERS (the nearest measured batch
+  size on a log scale)."""
+  log_batch = math.log(max(1, batch_size))
+  measured = min(CPU_FAST_LAYERS, key=lambda b: abs(math.log(b) - log_batch))
+  return name in CPU_FAST_LAYERS[measured]
 
 Padding = Sequence[tuple[int, int]]
 

@@ -447,32 +447,97 @@ def pad_and_stack(examples: Sequence[dict], pad_multiple: int = 1,
               **_unstack_labels(np.stack(labels), keys))
 
 
-def eval_batches(source, global_batch_size: int, pad_multiple: int = 1,
-                 pad_size: int = 0) -> Iterator[dict]:
-  """All examples of `source` in order, in padded batches.
+def eval_dataset(source, global_batch_size: int, pad_multiple: int = 1,
+                 pad_size: int = 0) -> grain.MapDataset:
+  """The evaluation batches of `source` as a random-access dataset.
 
-  Images of mixed sizes are padded to their batch's bucket shape
+  Element i is this process's slice of global batch i: the examples in
+  order, images of mixed sizes padded to their batch's bucket shape
   (`bucket_shape`) with ignore labels; the last batch is filled up with
   all-ignore examples, so batch sizes stay fixed. Padded pixels count nowhere
-  in the confusion matrix. Each process reads and yields only its slice of
-  every global batch.
+  in the confusion matrix.
   """
   num_hosts = jax.process_count()
   if num_hosts > 1 and pad_size == 0 and pad_multiple != 1:
     raise ValueError('Evaluating mixed image sizes on several processes '
                      'needs config.pad_size > 0 (a common batch shape).')
-  per_host = global_batch_size // num_hosts
-  start = jax.process_index() * per_host
-  ds = grain.MapDataset.source(source).map(_preprocess_example)
-  for first in range(0, len(ds), global_batch_size):
-    examples = [ds[i] for i in range(first + start,
-                                     min(first + start + per_host, len(ds)))]
-    if len(examples) < per_host:
-      # Fillers are the mean colour, all ignored: after padding they are the
-      # same on every host, whichever host's slice they fall in.
-      template = (examples or [ds[first]])[0]
-      examples += [_ignored_example(template)] * (per_host - len(examples))
-    yield pad_and_stack(examples, pad_multiple, pad_size)
+  examples = grain.MapDataset.source(source).map(_preprocess_example)
+  num_batches = math.ceil(len(examples) / global_batch_size)
+  return grain.MapDataset.range(num_batches).map(functools.partial(
+      _eval_batch, examples=examples, global_batch_size=global_batch_size,
+      per_host=global_batch_size // num_hosts,
+      start=jax.process_index() * (global_batch_size // num_hosts),
+      pad_multiple=pad_multiple, pad_size=pad_size))
+
+
+def _eval_batch(index: int, *, examples, global_batch_size: int,
+                per_host: int, start: int, pad_multiple: int,
+                pad_size: int) -> dict:
+  first = index * global_batch_size
+  batch = [examples[i] for i in range(first + start,
+                                      min(first + start + per_host,
+                                          len(examples)))]
+  if len(batch) < per_host:
+    # Fillers are the mean colour, all ignored: after padding they are the
+    # same on every host, whichever host's slice they fall in.
+    template = (batch or [examples[first]])[0]
+    batch += [_ignored_example(template)] * (per_host - len(batch))
+  return pad_and_stack(batch, pad_multiple, pad_size)
+
+
+def eval_batches(source, global_batch_size: int, pad_multiple: int = 1,
+                 pad_size: int = 0) -> Iterator[dict]:
+  """All examples of `source` in order, in padded batches (`eval_dataset`).
+
+  Each process reads and yields only its slice of every global batch.
+  """
+  ds = eval_dataset(source, global_batch_size, pad_multiple, pad_size)
+  for index in range(len(ds)):
+    yield ds[index]
+
+
+class EvalReader:
+  """Evaluation passes over a split, decoded by grain worker processes.
+
+  With `num_workers` > 0 the workers are started at the first pass and stay
+  up for the next ones (they read the split repeatedly, in order), so an
+  evaluation every few thousand steps does not pay their start-up again.
+  With 0, each pass reads in this process, like `eval_batches`.
+  """
+
+  def __init__(self, source, global_batch_size: int, num_workers: int = 0,
+               prefetch: int = 2, pad_multiple: int = 1, pad_size: int = 0):
+    self._ds = eval_dataset(source, global_batch_size, pad_multiple, pad_size)
+    self._num_workers = num_workers
+    self._prefetch = prefetch
+    self._iterator = None
+    self._read = 0  # Batches taken from the repeating iterator.
+
+  def __len__(self) -> int:
+    return len(self._ds)
+
+  def __iter__(self) -> Iterator[dict]:
+    """One pass: every batch of the split, in order."""
+    if self._num_workers <= 0 or not len(self._ds):
+      for index in range(len(self._ds)):
+        yield self._ds[index]
+      return
+    if self._iterator is None:
+      self._iterator = train_iterator(self._ds.repeat(), self._num_workers,
+                                      self._prefetch)
+    # A pass abandoned half-way leaves the iterator mid-split: skip ahead.
+    for _ in range(-self._read % len(self._ds)):
+      next(self._iterator)
+      self._read += 1
+    for _ in range(len(self._ds)):
+      batch = next(self._iterator)
+      self._read += 1
+      yield batch
+
+  def close(self) -> None:
+    if self._iterator is not None:
+      self._iterator.close()
+      self._iterator = None
 
 
 def _ignored_example(template: dict) -> dict:

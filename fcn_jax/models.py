@@ -58,9 +58,6 @@ ATONCE_SCALE_POOL3 = 0.0001
 # fast_ops modes: 'auto' uses the custom-gradient ops (fcn_jax/fast_ops.py)
 # where they win, i.e. on CPU; 'on' forces them, 'off' the plain XLA ops.
 FAST_OPS_MODES = ('auto', 'on', 'off')
-# VGG blocks whose 3x3 convs get the chunked weight gradient: the large maps.
-# (Measured on CPU: it also wins on blocks 4-5, see docs/performance.md.)
-FAST_CONV_BLOCKS = (1, 2, 3, 4, 5)
 
 
 def use_fast_ops(mode: str) -> bool:
@@ -71,6 +68,18 @@ def use_fast_ops(mode: str) -> bool:
   if mode == 'auto':
     return jax.default_backend() == 'cpu'
   return mode == 'on'
+
+
+def use_fast_layer(mode: str, name: str, batch_size: int) -> bool:
+  """Whether layer `name` uses its fast op under fast_ops `mode`.
+
+  'on': every layer; 'off': none; 'auto': on CPU the layers where the fast
+  op was measured faster at this batch size (fast_ops.CPU_FAST_LAYERS).
+  """
+  if mode == 'auto':
+    return (use_fast_ops(mode) and
+            fast_ops_lib.cpu_fast_layer(name, batch_size))
+  return use_fast_ops(mode)
 
 
 def scaled_channels(channels: int, width: float) -> int:
@@ -470,27 +479,32 @@ class FCN(StrictParams, nn.Module):
     classifier with ``model.apply(..., mutable=['intermediates'])``.
     Every layer name gets `suffix` (a second stream: conv1_1hha, ...).
     """
-    fast = use_fast_ops(self.fast_ops)
-    pool = fast_ops_lib.max_pool_2x2_ceil if fast else max_pool_ceil
+    # The batch size is static: each layer's op is chosen at trace time.
+    fast = functools.partial(use_fast_layer, self.fast_ops,
+                             batch_size=x.shape[0])
     features = {}
     for block, (num_convs, channels) in enumerate(VGG16_BLOCKS, start=1):
-      conv_fn = (fast_ops_lib.conv_chunked_weight_grad
-                 if fast and block in FAST_CONV_BLOCKS else None)
       for i in range(1, num_convs + 1):
         pad = self.input_padding if (block, i) == (1, 1) else 1
-        name = self.conv1_1_name if (block, i) == (1, 1) else f'conv{block}_{i}'
+        name = (self.conv1_1_name if (block, i) == (1, 1)
+                else f'conv{block}_{i}')
+        # Chosen by the layer's own name (a second stream's too).
+        conv_fn = (fast_ops_lib.conv_chunked_weight_grad
+                   if fast(f'conv{block}_{i}') else None)
         x = self._conv(scaled_channels(channels, self.width), 3,
                        name + suffix, padding=[(pad, pad)] * 2,
                        conv_fn=conv_fn)(x)
         x = nn.relu(x)
-      x = pool(x)
+      x = (fast_ops_lib.max_pool_2x2_ceil if fast(f'pool{block}')
+           else max_pool_ceil)(x)
       features[f'pool{block}'] = x
       self.sow('intermediates', f'pool{block}{suffix}', x)
     # fc6/fc7: the classifier's fully connected layers as convolutions. fc6
     # reads a 7x7x512 window, exactly the input of VGG16's first FC layer.
     fc = scaled_channels(FC_CHANNELS, self.width)
     for name, kernel in (('fc6', 7), ('fc7', 1)):
-      conv_fn = fast_ops_lib.conv_im2col if fast and name == 'fc6' else None
+      conv_fn = (fast_ops_lib.conv_im2col if name == 'fc6' and fast(name)
+                 else None)
       pad = self.fc6_padding if name == 'fc6' else 0
       x = nn.relu(self._conv(fc, kernel, name + suffix,
                              padding=[(pad, pad)] * 2, conv_fn=conv_fn)(x))

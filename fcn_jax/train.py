@@ -34,6 +34,7 @@ from fcn_jax import input_pipeline
 from fcn_jax import losses
 from fcn_jax import metrics as metrics_lib
 from fcn_jax import models
+from fcn_jax import prefetch
 from fcn_jax import sharding
 from fcn_jax import summaries
 from fcn_jax import tasks
@@ -92,6 +93,8 @@ def validate_config(config: ml_collections.ConfigDict,
   check(config.get('data_workers', -1) >= -1, 'data_workers',
         'must be >= 0, or -1 for auto')
   check(config.get('data_prefetch', 2) > 0, 'data_prefetch', 'must be positive')
+  check(config.get('device_prefetch', 2) > 0, 'device_prefetch',
+        'must be positive')
   for key in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
               'keep_checkpoints', 'preemption_check_every_steps'):
     check(config[key] > 0, key, 'must be positive')
@@ -363,23 +366,32 @@ def compile_steps(config, mesh):
 def evaluate(p_eval_step, state, source, batch_size: int, num_classes: int,
              mesh, boundary_radius: int = 0, return_hist: bool = False,
              extra_heads: dict | None = None, present_only: bool = False,
-             **batching):
+             reader=None, **batching):
   """The paper's scores over a whole split, from one global histogram.
 
   With `boundary_radius` > 0 (and `p_eval_step` compiled with it), the scores
   also hold 'boundary_mean_iu': mean IU over the pixels within
   `boundary_radius` of a label boundary. `batching` (pad_multiple, pad_size)
-  goes to `input_pipeline.eval_batches`. With `return_hist`, returns
-  (scores, the main head's (C, C) confusion matrix). `extra_heads`
-  ({'geo_label': 3}) adds the scores of further heads, prefixed 'geo_';
-  `present_only` averages the main head's means over the classes present in
-  the split (tasks.scores_of).
+  goes to `input_pipeline.eval_batches`; a `reader`
+  (input_pipeline.EvalReader of `source`, e.g. with worker processes) is read
+  instead when given. Batches are placed on the devices ahead of their step.
+  With `return_hist`, returns (scores, the main head's (C, C) confusion
+  matrix). `extra_heads` ({'geo_label': 3}) adds the scores of further heads,
+  prefixed 'geo_'; `present_only` averages the main head's means over the
+  classes present in the split (tasks.scores_of).
   """
   sizes = dict({'label': num_classes}, **(extra_heads or {}))
   hist = sharding.replicate(tasks.empty_hist(sizes, boundary_radius), mesh)
-  for batch in input_pipeline.eval_batches(source, batch_size, **batching):
-    batch = sharding.shard_batch(input_pipeline.model_arrays(batch), mesh)
-    hist = p_eval_step(state, hist, batch)
+  if reader is None:
+    reader = input_pipeline.EvalReader(source, batch_size, **batching)
+  batches = prefetch.DevicePrefetcher(
+      iter(reader), lambda b: sharding.shard_batch(
+          input_pipeline.model_arrays(b), mesh), len(reader))
+  try:
+    for batch, _ in batches:
+      hist = p_eval_step(state, hist, batch)
+  finally:
+    batches.close()
   hist = jax.device_get(hist)
   scores = tasks.scores_of(hist, present_only)
   if not return_hist:
@@ -500,14 +512,18 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
   dropout_rng = sharding.replicate(dropout_rng, mesh)
   faults = fault_tolerance.TestFaults.from_env()
 
+  eval_reader = input_pipeline.EvalReader(
+      val_source, eval_batch_size, num_workers, config.get('data_prefetch', 2),
+      **input_pipeline.batching_options(config, info))
+  cleanup.callback(eval_reader.close)
+
   def run_eval(step):
     t0 = time.time()
     scores, hist = evaluate(
         p_eval_step, state, val_source, eval_batch_size, num_classes, mesh,
         config.get('boundary_radius', 0), return_hist=True,
         extra_heads={k: len(n) for k, n in info.extra_heads},
-        present_only=info.present_classes_only,
-        **input_pipeline.batching_options(config, info))
+        present_only=info.present_classes_only, reader=eval_reader)
     logging.info('Eval at step %d (%.1fs): %s', step, time.time() - t0,
                  _format_scores(scores))
     writer.write(step, 'val', scores)
@@ -519,63 +535,85 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
 
   scores = None
   timer_start, timer_step = time.time(), start_step
+  record_time = time.time()
   train_losses = []
+  batches = prefetch.DevicePrefetcher(
+      train_iter, lambda b: sharding.shard_batch(
+          input_pipeline.model_arrays(b), mesh),
+      config.num_train_steps - start_step, config.get('device_prefetch', 2),
+      prepare=lambda i, b: faults.corrupt_batch(start_step + 1 + i, b),
+      track_position=True)
+  cleanup.callback(batches.close)
+  # Step metrics stay on the device until a step that logs, evaluates, saves
+  # or stops: no device-to-host transfer on the other steps.
+  window = prefetch.StepWindow(config.get('device_prefetch', 2))
+  last_metrics = {}
   for step in range(start_step + 1, config.num_train_steps + 1):
-    batch = next(train_iter)
-    batch = faults.corrupt_batch(step, batch)
-    batch_ids = batch.get('id')
-    batch = sharding.shard_batch(input_pipeline.model_arrays(batch), mesh)
+    batch, batch_ids = next(batches)
     if step == start_step + 1:
       logging.info('Compiling the train step (the first step includes it)...')
       compile_start = time.time()
     state, step_metrics = p_train_step(state, batch, dropout_rng)
-    step_metrics = jax.device_get(step_metrics)
     if step == start_step + 1:
-      logging.info('First step done in %.1fs (compilation included).',
-                   time.time() - compile_start)
-    if _is_finite(step_metrics):
-      train_losses.append(step_metrics['loss'])
-    else:
-      _handle_nonfinite(config, workdir, manager, state, step, step_metrics,
-                        batch_ids)
+      # Dispatch returns once compiled; the step itself runs on.
+      logging.info('Train step compiled in %.1fs.', time.time() - compile_start)
+    window.add(step, step_metrics, batch_ids)
     faults.after_step(step)
     if step == start_step + 1:
       # The first step includes compilation; time from here on for the ETA.
       timer_start, timer_step = time.time(), step
 
-    if step % config.log_every_steps == 0 or step == config.num_train_steps:
-      elapsed = time.time() - timer_start
+    is_last = step == config.num_train_steps
+    log_now = step % config.log_every_steps == 0 or is_last
+    eval_now = step % config.eval_every_steps == 0 or is_last
+    save_now = step % config.checkpoint_every_steps == 0 or is_last
+    # Read once: a signal may arrive meanwhile. (Several processes agree on
+    # it at the same steps, host to host.)
+    signum = stop.agreed_signum(
+        step, config.get('preemption_check_every_steps', 10))
+    if log_now or eval_now or save_now or signum:
+      # Before anything is saved: a non-finite step stops (or is skipped)
+      # here, so no checkpoint ever holds a non-finite state.
+      finite, last_metrics = _check_window(config, workdir, manager, state,
+                                           window.fetch())
+      train_losses.extend(finite)
+
+    if log_now:
+      now = time.time()
+      elapsed = now - timer_start
       rate = (step - timer_step) / elapsed if elapsed > 0 else float('nan')
       eta = (config.num_train_steps - step) / rate if rate > 0 else float('nan')
-      record = {k: float(v) for k, v in step_metrics.items()}
+      record = {k: float(v) for k, v in last_metrics.items()}
       record['loss'] = (float(np.mean(train_losses)) if train_losses
                         else float('nan'))
       record['steps_per_sec'] = rate
+      record['data_wait_frac'] = (batches.take_wait_seconds() /
+                                  max(now - record_time, 1e-9))
+      record_time = now
       # The rate of this step's update (optax counts updates from 0).
       record['learning_rate'] = float(schedule(step - 1))
       if config.get('skip_nonfinite', False):
         record['skipped_updates'] = int(jax.device_get(state.skipped_updates))
       train_losses = []
       writer.write(step, 'train', record)
-      logging.info('Step %d/%d: loss %.4f, lr %.3g, %.2f steps/s, ETA %s',
-                   step, config.num_train_steps, record['loss'],
-                   record['learning_rate'], rate, _format_duration(eta))
+      logging.info('Step %d/%d: loss %.4f, lr %.3g, %.2f steps/s, input '
+                   'wait %.0f%%, ETA %s', step, config.num_train_steps,
+                   record['loss'], record['learning_rate'], rate,
+                   100 * record['data_wait_frac'], _format_duration(eta))
 
-    is_last = step == config.num_train_steps
-    if step % config.eval_every_steps == 0 or is_last:
+    if eval_now:
       scores = run_eval(step)
-    if step % config.checkpoint_every_steps == 0 or is_last:
-      evaluated_now = scores is not None and (step % config.eval_every_steps == 0
-                                              or is_last)
+    if save_now:
+      evaluated_now = scores is not None and eval_now
       checkpointing.save(manager, step, state,
-                         scores if evaluated_now else None, train_iter)
+                         scores if evaluated_now else None, batches.position())
       faults.after_save_started(step, saving=not os.path.isdir(
           os.path.join(checkpointing.checkpoint_dir(workdir), str(step))))
-    signum = stop.agreed_signum(
-        step, config.get('preemption_check_every_steps', 10))
     if signum:
-      _stop_on_signal(signum, manager, workdir, step, state, train_iter)
+      _stop_on_signal(signum, manager, workdir, step, state,
+                      batches.position())
 
+  batches.close()
   train_iter.close()
   if scores is None:  # Resumed a finished run: evaluate what we have.
     scores = run_eval(int(state.step))
@@ -598,16 +636,38 @@ def _is_finite(step_metrics: dict) -> bool:
               np.isfinite(step_metrics['grad_norm']))
 
 
-def _handle_nonfinite(config, workdir, manager, state, step, step_metrics,
+def _check_window(config, workdir, manager, state, fetched):
+  """Acts on the fetched steps' metrics in step order.
+
+  Returns (finite losses, the last step's metrics). A non-finite step stops
+  the run, or with config.skip_nonfinite is reported as skipped.
+  """
+  skipped_later = sum(not _is_finite(m) for _, m, _ in fetched)
+  finite = []
+  for step, step_metrics, batch_ids in fetched:
+    if _is_finite(step_metrics):
+      finite.append(step_metrics['loss'])
+      continue
+    skipped_later -= 1
+    skipped = (int(jax.device_get(state.skipped_updates)) - skipped_later
+               if config.get('skip_nonfinite', False) else 0)
+    _handle_nonfinite(config, workdir, manager, skipped, step, step_metrics,
+                      batch_ids)
+  return finite, (fetched[-1][1] if fetched else {})
+
+
+def _handle_nonfinite(config, workdir, manager, skipped, step, step_metrics,
                       batch_ids) -> None:
-  """Skips (config.skip_nonfinite) or stops on a non-finite loss/gradient."""
+  """Skips (config.skip_nonfinite) or stops on a non-finite loss/gradient.
+
+  `skipped` is the number of updates skipped up to and including `step`.
+  """
   what = (f'loss {step_metrics["loss"]}, gradient norm '
           f'{step_metrics["grad_norm"]} at step {step} (batch of image ids '
           f'{_format_ids(batch_ids)})')
   if config.get('skip_nonfinite', False):
     logging.warning('Skipped the update of step %d: non-finite %s; %d updates '
-                    'skipped so far.', step, what,
-                    int(jax.device_get(state.skipped_updates)))
+                    'skipped so far.', step, what, skipped)
     return
   # Nothing of this step is saved; the cleanup waits for any save in flight.
   manager.wait_until_finished()

@@ -174,3 +174,52 @@ def test_whole_model_gradient_matches_plain_path():
     for key in path:
       want = want[key.key]
     _assert_close(got, want, rtol=2e-4)
+
+
+def _custom_vjp_calls(jaxpr) -> int:
+  """custom_vjp ops in a jaxpr (its printed form includes nested jaxprs)."""
+  return str(jaxpr).count('custom_vjp_call[')
+
+
+def test_per_layer_choice_follows_the_batch_size_table():
+  assert fast_ops.cpu_fast_layer('fc6', 1) == ('fc6' in fast_ops.CPU_FAST_LAYERS[1])
+  # Batch sizes between the measured ones take the nearest (log scale).
+  for batch, nearest in ((2, 1), (3, 8), (16, 8)):
+    for name in ('conv1_2', 'conv4_2', 'conv5_3', 'pool3', 'fc6'):
+      assert fast_ops.cpu_fast_layer(name, batch) == (
+          name in fast_ops.CPU_FAST_LAYERS[nearest])
+  model = models.get_model('fcn8s', num_classes=3, width=1 / 32)
+  params = jax.eval_shape(functools.partial(models.init_params, model,
+                                            image_size=16), jax.random.key(0))
+  for batch in (1, 8):
+    jaxpr = jax.make_jaxpr(lambda p, x: model.apply({'params': p}, x))(
+        params, jnp.zeros((batch, 16, 16, 3)))
+    # One custom-VJP op per listed layer, nothing else.
+    assert _custom_vjp_calls(jaxpr) == len(
+        fast_ops.CPU_FAST_LAYERS[batch])
+
+
+def test_auto_path_gradient_matches_plain_at_batch_1_and_8():
+  kwargs = dict(num_classes=3, width=1 / 32, dropout_rate=0.0)
+  auto = models.get_model('fcn8s', fast_ops='auto', **kwargs)
+  plain = models.get_model('fcn8s', fast_ops='off', **kwargs)
+  noise = np.random.default_rng(3)
+  params = jax.tree.map(
+      lambda p: jnp.asarray(0.1 * noise.standard_normal(p.shape), p.dtype),
+      jax.eval_shape(functools.partial(models.init_params, plain,
+                                       image_size=16), jax.random.key(0)))
+  images = _random((8, 11, 14, 3), 8, 20.0)
+  labels = jnp.asarray(np.random.default_rng(9).integers(0, 3, (8, 11, 14)))
+
+  def grad(model, batch):
+    def loss(p):
+      logits = model.apply({'params': p}, images[:batch], train=True)
+      return losses.pixel_cross_entropy(logits, labels[:batch], 'sum')
+    return jax.grad(loss)(params)
+
+  got = jax.jit(lambda: [grad(auto, 1), grad(auto, 8)])()
+  want = jax.jit(lambda: [grad(plain, 1), grad(plain, 8)])()
+  for g_auto, g_plain in zip(got, want):
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_auto),
+                            jax.tree.leaves(g_plain)):
+      _assert_close(a, b, rtol=2e-4)

@@ -91,6 +91,10 @@ def get_config() -> ml_collections.ConfigDict:
   # position is saved in every checkpoint.
   config.data_workers = -1
   config.data_prefetch = 2
+  # Batches placed on the devices ahead of the step that uses them (a thread
+  # reads and copies them while the device computes); also how many steps
+  # the host may dispatch ahead of the device.
+  config.device_prefetch = 2
 
   # Global batch size, split evenly over all devices.
   config.batch_size = 8
