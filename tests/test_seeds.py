@@ -17,6 +17,9 @@ from fcn_jax.configs import default
 from inference_testutil import ROOT
 from inference_testutil import trained_workdir  # pylint: disable=unused-import
 
+# The resumed seeds run loads the programs of the first one.
+pytestmark = pytest.mark.usefixtures('persistent_compile_cache')
+
 SEEDS = (0, 1)
 
 
