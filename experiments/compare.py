@@ -349,16 +349,6 @@ def format_result(result: dict) -> str:
   return '\n'.join(lines)
 
 
-def _json_safe(value):
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  if isinstance(value, dict):
-    return {k: _json_safe(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_json_safe(v) for v in value]
-  return value
-
-
 def main(argv):
   if len(argv) != 3:
     raise app.UsageError('usage: python -m experiments.compare RUN_A RUN_B '
@@ -373,7 +363,8 @@ def main(argv):
   print(format_result(result))
   if FLAGS.out:
     with open(FLAGS.out + '.tmp', 'w') as f:
-      json.dump(_json_safe(result), f, indent=2)
+      from fcn_jax import evaluate  # pylint: disable=g-import-not-at-top
+      json.dump(evaluate.json_safe(result), f, indent=2)
     os.replace(FLAGS.out + '.tmp', FLAGS.out)
     print(f'Wrote {FLAGS.out}')
 

@@ -173,13 +173,14 @@ def _pct(value: float) -> str:
   return 'n/a' if value is None or not np.isfinite(value) else f'{100 * value:.2f}'
 
 
-def _json_safe(value):
+def json_safe(value):
+  """`value` with non-finite floats as None (JSON has no NaN), recursively."""
   if isinstance(value, float) and not np.isfinite(value):
     return None
   if isinstance(value, dict):
-    return {k: _json_safe(v) for k, v in value.items()}
+    return {k: json_safe(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return [_json_safe(v) for v in value]
+    return [json_safe(v) for v in value]
   return value
 
 
@@ -195,7 +196,7 @@ def write_results(scores: dict, class_names, output_dir: str, split: str,
   record['per_class_iu'] = dict(zip(class_names, scores['per_class_iu']))
   json_path = os.path.join(output_dir, f'{tag}.json')
   with open(json_path + '.tmp', 'w') as f:
-    json.dump(_json_safe(record), f, indent=2)
+    json.dump(json_safe(record), f, indent=2)
   os.replace(json_path + '.tmp', json_path)
   png_path = os.path.join(output_dir, f'{tag}_confusion.png')
   visualize.confusion_matrix_image(np.asarray(scores['confusion_matrix']),
