@@ -37,7 +37,7 @@ CASES = 300
 SEEDS = {'jpeg': 101, 'png': 102, 'label_png': 103, 'mat': 104,
          'mat_uncompressed': 110,
          'pth_zip': 105, 'pth_legacy': 106, 'split': 107, 'config_json': 108,
-         'caffemodel': 109}
+         'caffemodel': 109, 'label_mat': 111, 'label_mat_uncompressed': 112}
 CASE_TIMEOUT_S = 10  # A case running longer counts as a hang.
 MEMORY_GROWTH_MB = 300  # Bound on the process's peak memory growth.
 
@@ -195,6 +195,26 @@ def test_fuzz_sbd_mat(tmp_path, compressed):
   np.testing.assert_array_equal(sbd.read_sbd_label(str(path)), label)
   name = 'mat' if compressed else 'mat_uncompressed'
   fuzz(name, valid, sbd.read_sbd_label, tmp_path / 'x.mat')
+
+
+@pytest.mark.parametrize('compressed', [True, False])
+def test_fuzz_label_map_mat(tmp_path, compressed):
+  # NYUDv2 / SIFT Flow / PASCAL-Context labels: a plain numeric variable,
+  # read by the same bounded reader (scipy's agrees on the valid file).
+  label = np.zeros((20, 30), np.uint16)
+  label[5:15, 10:25] = 40
+  path = tmp_path / 'good.mat'
+  scipy.io.savemat(path, {'other': np.ones(3), 'segmentation': label},
+                   do_compression=compressed)
+  valid = path.read_bytes()
+  expected = scipy.io.loadmat(path)['segmentation']
+  got = decode.mat_label_map(str(path), 'segmentation', 0, 40)
+  np.testing.assert_array_equal(got, expected)
+
+  def parse(p):
+    decode.mat_label_map(str(p), 'segmentation', 0, 40)
+  name = 'label_mat' if compressed else 'label_mat_uncompressed'
+  fuzz(name, valid, parse, tmp_path / 'x.mat')
 
 
 @pytest.mark.parametrize('fmt', ['zip', 'legacy'])

@@ -12,11 +12,11 @@ import re
 from typing import Sequence
 
 import numpy as np
-import scipy.io
 from absl import logging
 from PIL import Image
 
 from fcn_jax import errors
+from fcn_jax.data import mat5
 
 IGNORE_LABEL = 255
 # Largest image (width x height) decoded: PIL's own default. A file can
@@ -102,28 +102,24 @@ def read_label_png(path: str) -> np.ndarray:
                   "palette ('P') or grayscale ('L') PNG of class indices.")
 
 
-def load_mat(path: str) -> dict:
-  """The variables of a MATLAB .mat file (v5/v7), with one-line errors."""
-  if not os.path.isfile(path):
-    raise DataError(f'{path}: file not found.')
-  try:
-    return scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
-  except (ValueError, OSError, TypeError, NotImplementedError,
-          scipy.io.matlab.MatReadError) as e:
-    raise DataError(f'{path}: unreadable .mat file ({e}).') from None
-
-
 def mat_label_map(path: str, key: str, low: int, high: int) -> np.ndarray:
   """The 2-D integer map `key` of a .mat file, values checked in [low, high].
 
-  Returned as int32, unchanged, for the caller's own label mapping.
+  Read with the bounded MATLAB v5 reader (`mat5`): scipy's reader can crash
+  the process on a damaged file. Returned as int32, unchanged, for the
+  caller's own label mapping.
   """
-  mat = load_mat(path)
-  if key not in mat:
-    found = sorted(k for k in mat if not k.startswith('__'))
-    raise DataError(f'{path}: no variable {key!r} in the .mat file (found '
-                    f'{found}).')
-  label = np.asarray(mat[key])
+  if not os.path.isfile(path):
+    raise DataError(f'{path}: file not found.')
+  with open(path, 'rb') as f:
+    data = f.read()
+  try:
+    label = mat5.read_variable(data, key)
+  except mat5.MissingFieldError:
+    raise DataError(f'{path}: no variable {key!r} in the .mat file.') from None
+  except mat5.MatError as e:
+    raise DataError(f'{path}: unreadable .mat file ({e}).') from None
+  label = np.squeeze(label)
   if label.ndim != 2 or label.size == 0 or label.dtype.kind not in 'uif':
     raise DataError(f'{path}: {key!r} has shape {label.shape} and type '
                     f'{label.dtype}; expected a 2-D label map.')

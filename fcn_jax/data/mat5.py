@@ -139,8 +139,20 @@ def _struct_field(reader: _Reader, start: int, end: int, field: str):
   raise MissingFieldError(f'no field {field!r}')
 
 
-def read_struct_field(data: bytes, variable: str, field: str) -> np.ndarray:
-  """`variable.field` (a numeric matrix) from the bytes of a v5 .mat file.
+def read_variable(data: bytes, variable: str) -> np.ndarray:
+  """The numeric matrix `variable` from the bytes of a v5 .mat file.
+
+  Raises:
+    MissingFieldError: no such variable.
+    MatError: anything else wrong, named.
+  """
+  return read_struct_field(data, variable, None)
+
+
+def read_struct_field(data: bytes, variable: str,
+                      field: str | None) -> np.ndarray:
+  """`variable.field` (a numeric matrix) from the bytes of a v5 .mat file;
+  with `field=None`, `variable` itself.
 
   Raises:
     MissingFieldError: no such variable or field.
@@ -168,6 +180,10 @@ def read_struct_field(data: bytes, variable: str, field: str) -> np.ndarray:
     mx_class, dims, name, body = _matrix_header(element, begin, end)
     if name != variable:
       continue
+    if field is None:
+      if mx_class == MX_STRUCT_CLASS:
+        raise MatError(f'{variable} is a struct, not a numeric matrix')
+      return _numeric(element, body, end, dims)
     if mx_class != MX_STRUCT_CLASS or int(np.prod(dims)) != 1:
       raise MatError(f'{variable} is not a 1x1 struct')
     return _struct_field(element, body, end, field)
