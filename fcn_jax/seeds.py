@@ -174,6 +174,12 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
   'seed_mean_iu', 'best_seed', 'step' and 'best_checkpoint'."""
   seeds = seed_list(config)
   mesh = sharding.create_mesh()
+  if mesh.size > 1 and config.fast_ops == 'auto':
+    # The vmapped fast CPU ops deadlock XLA:CPU's collectives across several
+    # devices (device threads stop arriving at the all-reduce); the plain ops
+    # compute the same function.
+    config.fast_ops = 'off'
+    logging.info('Seeds on %d devices: fast_ops auto -> off.', mesh.size)
   sharding.check_batch_size(config.batch_size, mesh,
                             micro_batches=config.get('grad_accum_steps', 1))
   eval_batch_size = (config.batch_size if config.eval_batch_size == -1

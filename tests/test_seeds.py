@@ -115,6 +115,7 @@ EIGHT_DEVICES = textwrap.dedent('''
     assert jax.device_count() == 8
     config = default.get_tiny_config()
     config.batch_size = 8
+    config.fast_ops = 'off'  # As train_seeds does on several CPU devices.
     train_source, _, info = input_pipeline.create_datasets(config)
     model = train.create_model(config, info.num_classes)
     datasets = [input_pipeline.train_dataset_from_config(
