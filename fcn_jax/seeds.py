@@ -180,24 +180,11 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
     # compute the same function.
     config.fast_ops = 'off'
     logging.info('Seeds on %d devices: fast_ops auto -> off.', mesh.size)
-  sharding.check_batch_size(config.batch_size, mesh,
-                            micro_batches=config.get('grad_accum_steps', 1))
-  eval_batch_size = (config.batch_size if config.eval_batch_size == -1
-                     else config.eval_batch_size)
-  sharding.check_batch_size(eval_batch_size, mesh, 'eval_batch_size')
-  train_source, val_source, info = input_pipeline.create_datasets(config)
-  num_classes = train.resolve_num_classes(config, info)
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.num_classes = num_classes
-
-  manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
-  cleanup.callback(manager.close)
-  if manager.latest_step() is not None:
-    fault_tolerance.check_resume_config(
-        config, workdir, config.get('allow_config_change', False))
-    _check_same_seeds(workdir, seeds)
-  if jax.process_index() == 0:
-    train.save_config(config, workdir)
+  (config, eval_batch_size, train_source, val_source, info,
+   manager) = train.prepare_run(
+       config, workdir, mesh, cleanup,
+       check_resume=lambda: _check_same_seeds(workdir, seeds))
+  num_classes = config.num_classes
   logging.info('Seeds %s in one program; devices: %d (%s), mesh %s.', seeds,
                jax.device_count(), jax.devices()[0].platform, dict(mesh.shape))
 

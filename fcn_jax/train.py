@@ -447,9 +447,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     return _train_and_evaluate(config, workdir, stop, cleanup)
 
 
-def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
-  """train_and_evaluate, with the workdir locked and signals caught."""
-  mesh = sharding.create_mesh()
+def prepare_run(config, workdir: str, mesh, cleanup, check_resume=None):
+  """What every training loop does first: batch sizes checked against the
+  mesh, the datasets, the config completed with num_classes, the checkpoint
+  manager, the resume checks (plus `check_resume()`, if given, before
+  anything is written) and config.json / dataset_info.json written.
+
+  Returns (config, eval_batch_size, train_source, val_source, info, manager).
+  """
   sharding.check_batch_size(config.batch_size, mesh,
                             micro_batches=config.get('grad_accum_steps', 1))
   eval_batch_size = (config.batch_size if config.eval_batch_size == -1
@@ -466,9 +471,20 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
   if manager.latest_step() is not None:
     fault_tolerance.check_resume_config(
         config, workdir, config.get('allow_config_change', False))
+    if check_resume is not None:
+      check_resume()
   if jax.process_index() == 0:
     save_config(config, workdir)
     dataset_info.save(workdir, info.name, info.class_names, info.palette)
+  return config, eval_batch_size, train_source, val_source, info, manager
+
+
+def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
+  """train_and_evaluate, with the workdir locked and signals caught."""
+  mesh = sharding.create_mesh()
+  (config, eval_batch_size, train_source, val_source, info,
+   manager) = prepare_run(config, workdir, mesh, cleanup)
+  num_classes = config.num_classes
   logging.info('Devices: %d (%s), mesh %s', jax.device_count(),
                jax.devices()[0].platform, dict(mesh.shape))
   logging.info('Dataset %s: %d classes, %d train / %d val images.', info.name,
