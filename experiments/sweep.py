@@ -39,6 +39,7 @@ from absl import flags
 from absl import logging
 
 from fcn_jax import cli
+from fcn_jax import workdir as workdir_lib
 
 # Inside the package, so that sweeps run from any directory.
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(cli.__file__)),
@@ -46,7 +47,6 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(cli.__file__)),
 RUN_FILE = 'sweep_run.json'
 SWEEP_FILE = 'sweep.json'
 LOG_FILE = 'log.txt'
-METRICS_FILE = 'metrics.jsonl'
 SEED_KEY = 'seed'
 
 
@@ -209,13 +209,13 @@ def _write_json(path: str, data: dict) -> None:
 
 def final_step(run_dir: str) -> int | None:
   """num_train_steps from the run's resolved config.json (None if absent)."""
-  config = read_json(os.path.join(run_dir, 'config.json'))
+  config = workdir_lib.read_config(run_dir, strict=False)
   return None if config is None else config.get('num_train_steps')
 
 
 def last_val_step(run_dir: str) -> int | None:
   """The last step with a validation record in metrics.jsonl."""
-  path = os.path.join(run_dir, METRICS_FILE)
+  path = workdir_lib.metrics_path(run_dir)
   if not os.path.exists(path):
     return None
   step = None

@@ -21,7 +21,6 @@ What the training loop relies on (see docs/fault_tolerance.md):
 from __future__ import annotations
 
 import fcntl
-import json
 import multiprocessing
 import os
 import signal
@@ -33,6 +32,7 @@ import numpy as np
 from absl import logging
 
 from fcn_jax import errors
+from fcn_jax import workdir as workdir_lib
 
 # Keys that define what a checkpoint is: resuming with other values would load
 # parameters of another model, or train them on another problem.
@@ -167,10 +167,6 @@ class WorkdirLock:
       self._file = None
 
 
-def saved_config_path(workdir: str) -> str:
-  return os.path.join(workdir, 'config.json')
-
-
 def check_resume_config(config, workdir: str, allow_change: bool) -> None:
   """Refuses to resume `workdir` with a config that defines another model.
 
@@ -181,18 +177,13 @@ def check_resume_config(config, workdir: str, allow_change: bool) -> None:
   Raises:
     ConfigError: if they differ and `allow_change` is False.
   """
-  path = saved_config_path(workdir)
-  if not os.path.exists(path):
-    return
   try:
-    with open(path) as f:
-      saved = json.load(f)
-  except (OSError, ValueError) as e:
-    raise ConfigError(f'{path} is unreadable ({e}); it describes the '
-                      'checkpoints in this workdir.') from None
-  if not isinstance(saved, dict):
-    raise ConfigError(f'{path} holds a {type(saved).__name__}, not a config '
-                      'object; it describes the checkpoints in this workdir.')
+    saved = workdir_lib.read_config(workdir)
+  except workdir_lib.CheckpointError as e:
+    raise ConfigError(f'{e} It describes the checkpoints in this '
+                      'workdir.') from None
+  if saved is None:
+    return
   changed = [k for k in RESUME_KEYS
              if k in saved and saved[k] != config.get(k)]
   if not changed:

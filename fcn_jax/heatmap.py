@@ -35,6 +35,7 @@ from PIL import Image
 from fcn_jax import convert
 from fcn_jax import input_pipeline
 from fcn_jax import models
+from fcn_jax import workdir as workdir_lib
 
 IMAGENET_CLASSES = 1000
 # Geometry of a map cell: window size and stride in input pixels.
@@ -71,7 +72,7 @@ def heatmap_size(height: int, width: int) -> tuple[int, int]:
 def load_classifier_params(weights: str, fmt: str = 'auto') -> dict:
   """VGG16 classifier params (with fc8) from a .pth file or a converted dir."""
   if os.path.isdir(weights):
-    params, _ = convert.load_params(weights)
+    params, _ = workdir_lib.load_params(weights)
   else:
     if fmt == 'auto':
       known = convert.verify_checksum(weights)
