@@ -46,7 +46,6 @@ from fcn_jax import errors
 from fcn_jax import input_pipeline
 from fcn_jax import models
 from fcn_jax import tasks
-from fcn_jax import train
 from fcn_jax.configs import default as default_config
 from fcn_jax.data import decode
 from fcn_jax.data import voc
@@ -731,7 +730,7 @@ def load(path: str, checkpoint: str | int = 'best', *,
     raise CheckpointError(f'config.model={config.model!r}: expected one of '
                           f'{models.MODELS}.')
   try:
-    model = train.create_model(config, config.num_classes)
+    model = models.create_model(config, config.num_classes)
   except ValueError as e:
     raise CheckpointError(f'{checkpoint_path}: cannot build the model: {e}')
   check_params_fit(model, params, checkpoint_path)
