@@ -27,6 +27,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from fcn_jax import errors
@@ -607,3 +608,26 @@ def init_params(model: FCN, rng: jax.Array, image_size: int = 32):
   channels = getattr(model, 'input_channels', 3)
   dummy = jnp.zeros((1, image_size, image_size, channels), jnp.float32)
   return model.init({'params': rng}, dummy, train=False)['params']
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int):
+  """The model a training config describes, with `num_classes` classes.
+
+  Args:
+    config: a config over configs/default.py (model, width, dtype, ...).
+    num_classes: classes of the (first) head.
+
+  Returns:
+    An `FCN`, `alexnet.FCNAlexNet`, or the dataset's variant of them.
+  """
+  # tasks picks the NYUDv2 / SIFT Flow variants (other inputs, two heads);
+  # it builds on this module, hence the import here.
+  from fcn_jax import tasks  # pylint: disable=g-import-not-at-top
+  return tasks.create_model(
+      config, num_classes, width=config.width,
+      learn_upsampling=config.learn_upsampling,
+      dropout_rate=config.dropout_rate, input_padding=config.input_padding,
+      dtype=config.dtype,
+      upsampling_init=config.upsampling_init,
+      fc6_padding=config.fc6_padding,
+      fast_ops=config.fast_ops)

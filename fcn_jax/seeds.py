@@ -42,6 +42,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from fcn_jax import checkpointing
 from fcn_jax import fault_tolerance
 from fcn_jax import input_pipeline
+from fcn_jax import models
 from fcn_jax import sharding
 from fcn_jax import train
 from fcn_jax import writers
@@ -192,7 +193,7 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
   logging.info('Seeds %s in one program; devices: %d (%s), mesh %s.', seeds,
                jax.device_count(), jax.devices()[0].platform, dict(mesh.shape))
 
-  model = train.create_model(config, num_classes)
+  model = models.create_model(config, num_classes)
   state = create_seed_states(config, model, seeds, mesh)
   restored = checkpointing.restore_latest_valid(manager, workdir, state)
   if restored is not None:

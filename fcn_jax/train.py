@@ -128,18 +128,6 @@ def resolve_num_classes(config: ml_collections.ConfigDict,
   return config.num_classes
 
 
-def create_model(config: ml_collections.ConfigDict, num_classes: int):
-  # tasks picks the NYUDv2 / SIFT Flow variants (other inputs, two heads).
-  return tasks.create_model(
-      config, num_classes, width=config.width,
-      learn_upsampling=config.learn_upsampling,
-      dropout_rate=config.dropout_rate, input_padding=config.input_padding,
-      dtype=config.dtype,
-      upsampling_init=config.upsampling_init,
-      fc6_padding=config.fc6_padding,
-      fast_ops=config.fast_ops)
-
-
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   decay_steps = max(1, config.num_train_steps - config.warmup_steps)
   if config.lr_schedule == 'cosine':
@@ -489,7 +477,7 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
   logging.info('Dataset %s: %d classes, %d train / %d val images.', info.name,
                num_classes, info.train_size, info.val_size)
 
-  model = create_model(config, num_classes)
+  model = models.create_model(config, num_classes)
   init_rng, dropout_rng = init_and_dropout_keys(config.seed)
   state = create_train_state(config, model, init_rng, mesh)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))

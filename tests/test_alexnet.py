@@ -261,6 +261,6 @@ def test_surgery_from_bvlc_alexnet_and_config(tmp_path):
           config.loss_normalization, config.num_train_steps) == (
               'fcn-alexnet', 1e-4, 0.9, 20, 20, 5e-4, 'mean', 100_000)
   assert config.init_from == 'weights/bvlc_alexnet'
-  built = train.create_model(config, 21)
+  built = models.create_model(config, 21)
   assert isinstance(built, alexnet.FCNAlexNet) and not built.learn_upsampling
   assert caffe_models.REFERENCE_MODELS['voc-fcn-alexnet'].arch == config.model
