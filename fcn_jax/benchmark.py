@@ -484,8 +484,8 @@ def count_mixed_size_compilations(width: float, fast_ops: str, folder: str):
   """Predicts every image of `folder` with one jitted forward; counts compiles."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   from fcn_jax import models  # pylint: disable=g-import-not-at-top
+  from fcn_jax.data import decode  # pylint: disable=g-import-not-at-top
   paths = sorted(glob.glob(os.path.join(folder, '*.jpg')) +
                  glob.glob(os.path.join(folder, '*.png')))
   if not paths:
@@ -498,7 +498,7 @@ def count_mixed_size_compilations(width: float, fast_ops: str, folder: str):
   sizes = set()
   start = time.perf_counter()
   for path in paths:
-    image = np.asarray(Image.open(path).convert('RGB'), np.float32)[..., ::-1]
+    image = decode.read_image(path).astype(np.float32)[..., ::-1]
     image = image - np.asarray(models.MEAN_BGR, np.float32)
     sizes.add(image.shape[:2])
     predict(params, image[None]).block_until_ready()

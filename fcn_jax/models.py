@@ -474,6 +474,6 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int):
       learn_upsampling=config.learn_upsampling,
       dropout_rate=config.dropout_rate, input_padding=config.input_padding,
       dtype=config.dtype,
-      upsampling_init=config.get('upsampling_init', 'bilinear'),
-      fc6_padding=config.get('fc6_padding', 0),
-      fast_ops=config.get('fast_ops', 'auto'))
+      upsampling_init=config.upsampling_init,
+      fc6_padding=config.fc6_padding,
+      fast_ops=config.fast_ops)
