@@ -209,8 +209,9 @@ def _write_json(path: str, data: dict) -> None:
 
 def final_step(run_dir: str) -> int | None:
   """num_train_steps from the run's resolved config.json (None if absent)."""
-  config = workdir_lib.read_config(run_dir, strict=False)
-  return None if config is None else config.get('num_train_steps')
+  config_record = workdir_lib.read_config(run_dir, strict=False)
+  return None if config_record is None else config_record.get(
+      'num_train_steps')
 
 
 def last_val_step(run_dir: str) -> int | None:

@@ -89,12 +89,12 @@ def validate_config(config: ml_collections.ConfigDict,
   check(config.image_size >= 0, 'image_size', 'must be >= 0')
   check(config.dtype in ('float32', 'bfloat16'), 'dtype',
         "expected 'float32' or 'bfloat16'")
-  check(config.get('fast_ops', 'auto') in models.FAST_OPS_MODES, 'fast_ops',
+  check(config.fast_ops in models.FAST_OPS_MODES, 'fast_ops',
         f'expected one of {models.FAST_OPS_MODES}')
-  check(config.get('data_workers', -1) >= -1, 'data_workers',
+  check(config.data_workers >= -1, 'data_workers',
         'must be >= 0, or -1 for auto')
-  check(config.get('data_prefetch', 2) > 0, 'data_prefetch', 'must be positive')
-  check(config.get('device_prefetch', 2) > 0, 'device_prefetch',
+  check(config.data_prefetch > 0, 'data_prefetch', 'must be positive')
+  check(config.device_prefetch > 0, 'device_prefetch',
         'must be positive')
   for key in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
               'keep_checkpoints', 'preemption_check_every_steps'):
@@ -109,12 +109,11 @@ def validate_config(config: ml_collections.ConfigDict,
           config.eval_batch_size % num_devices == 0, 'eval_batch_size',
           f'must be -1 or a positive multiple of the number of devices '
           f'({num_devices})')
-  if 'grad_accum_steps' in config:
-    check(config.grad_accum_steps > 0, 'grad_accum_steps', 'must be positive')
-    micro = config.grad_accum_steps * num_devices
-    check(config.batch_size % micro == 0, 'batch_size',
-          f'must be a multiple of config.grad_accum_steps x devices '
-          f'({config.grad_accum_steps} x {num_devices} = {micro})')
+  check(config.grad_accum_steps > 0, 'grad_accum_steps', 'must be positive')
+  micro = config.grad_accum_steps * num_devices
+  check(config.batch_size % micro == 0, 'batch_size',
+        f'must be a multiple of config.grad_accum_steps x devices '
+        f'({config.grad_accum_steps} x {num_devices} = {micro})')
 
 
 def resolve_num_classes(config: ml_collections.ConfigDict,
@@ -130,18 +129,6 @@ def resolve_num_classes(config: ml_collections.ConfigDict,
   return config.num_classes
 
 
-def create_model(config: ml_collections.ConfigDict, num_classes: int):
-  # tasks picks the NYUDv2 / SIFT Flow variants (other inputs, two heads).
-  return tasks.create_model(
-      config, num_classes, width=config.width,
-      learn_upsampling=config.learn_upsampling,
-      dropout_rate=config.dropout_rate, input_padding=config.input_padding,
-      dtype=config.dtype,
-      upsampling_init=config.get('upsampling_init', 'bilinear'),
-      fc6_padding=config.get('fc6_padding', 0),
-      fast_ops=config.get('fast_ops', 'auto'))
-
-
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   decay_steps = max(1, config.num_train_steps - config.warmup_steps)
   if config.lr_schedule == 'cosine':
@@ -149,7 +136,7 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   elif config.lr_schedule == 'poly':
     # mmsegmentation's default: lr * (1 - t / T) ** power, down to 0.
     main = optax.polynomial_schedule(config.learning_rate, 0.0,
-                                     config.get('poly_power', 0.9), decay_steps)
+                                     config.poly_power, decay_steps)
   else:
     main = optax.constant_schedule(config.learning_rate)
   if config.warmup_steps <= 0:
@@ -350,15 +337,15 @@ def compile_steps(config, mesh):
   p_train_step = jax.jit(
       functools.partial(train_step,
                         loss_normalization=config.loss_normalization,
-                        skip_nonfinite=config.get('skip_nonfinite', False),
-                        grad_accum_steps=config.get('grad_accum_steps', 1),
+                        skip_nonfinite=config.skip_nonfinite,
+                        grad_accum_steps=config.grad_accum_steps,
                         micro_batch_sharding=sharding.micro_batch_sharded(mesh)),
       in_shardings=(replicated, data, replicated),
       out_shardings=(replicated, replicated),
       donate_argnums=0)
   p_eval_step = jax.jit(
       functools.partial(eval_step,
-                        boundary_radius=config.get('boundary_radius', 0)),
+                        boundary_radius=config.boundary_radius),
       in_shardings=(replicated, replicated, data),
       out_shardings=replicated, donate_argnums=1)
   return p_train_step, p_eval_step
@@ -450,7 +437,7 @@ def prepare_run(config, workdir: str, mesh, cleanup, check_resume=None):
   Returns (config, eval_batch_size, train_source, val_source, info, manager).
   """
   sharding.check_batch_size(config.batch_size, mesh,
-                            micro_batches=config.get('grad_accum_steps', 1))
+                            micro_batches=config.grad_accum_steps)
   eval_batch_size = (config.batch_size if config.eval_batch_size == -1
                      else config.eval_batch_size)
   sharding.check_batch_size(eval_batch_size, mesh, 'eval_batch_size')
@@ -464,7 +451,7 @@ def prepare_run(config, workdir: str, mesh, cleanup, check_resume=None):
   cleanup.callback(manager.close)
   if manager.latest_step() is not None:
     fault_tolerance.check_resume_config(
-        config, workdir, config.get('allow_config_change', False))
+        config, workdir, config.allow_config_change)
     if check_resume is not None:
       check_resume()
   if jax.process_index() == 0:
@@ -484,7 +471,7 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
   logging.info('Dataset %s: %d classes, %d train / %d val images.', info.name,
                num_classes, info.train_size, info.val_size)
 
-  model = create_model(config, num_classes)
+  model = models.create_model(config, num_classes)
   init_rng, dropout_rng = init_and_dropout_keys(config.seed)
   state = create_train_state(config, model, init_rng, mesh)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -495,7 +482,7 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
                                                       info)
   num_workers = input_pipeline.num_data_workers(config, info)
   train_iter = input_pipeline.train_iterator(
-      train_ds, num_workers, config.get('data_prefetch', 2))
+      train_ds, num_workers, config.data_prefetch)
   logging.info('Training batches read ahead by %s.',
                f'data worker processes ({num_workers})' if num_workers
                else 'threads of this process')
@@ -509,7 +496,7 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
     if not checkpointing.has_data_state(manager, int(state.step)):
       # Written before checkpoints held the iterator: batch s is ds[s].
       grain.experimental.set_next_index(train_iter, int(state.step))
-  elif config.get('init_from'):
+  elif config.init_from:
     # Fresh run seeded from pretrained weights (VGG16, an earlier stage).
     state = state.replace(params=tasks.init_from(state.params, config))
   start_step = int(state.step)
@@ -523,7 +510,7 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
   faults = fault_tolerance.TestFaults.from_env()
 
   eval_reader = input_pipeline.EvalReader(
-      val_source, eval_batch_size, num_workers, config.get('data_prefetch', 2),
+      val_source, eval_batch_size, num_workers, config.data_prefetch,
       **input_pipeline.batching_options(config, info))
   cleanup.callback(eval_reader.close)
 
@@ -531,7 +518,7 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
     t0 = time.time()
     scores, hist = evaluate(
         p_eval_step, state, val_source, eval_batch_size, num_classes, mesh,
-        config.get('boundary_radius', 0), return_hist=True,
+        config.boundary_radius, return_hist=True,
         extra_heads={k: len(n) for k, n in info.extra_heads},
         present_only=info.present_classes_only, reader=eval_reader)
     logging.info('Eval at step %d (%.1fs): %s', step, time.time() - t0,
@@ -550,13 +537,13 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
   batches = prefetch.DevicePrefetcher(
       train_iter, lambda b: sharding.shard_batch(
           input_pipeline.model_arrays(b), mesh),
-      config.num_train_steps - start_step, config.get('device_prefetch', 2),
+      config.num_train_steps - start_step, config.device_prefetch,
       prepare=lambda i, b: faults.corrupt_batch(start_step + 1 + i, b),
       track_position=True)
   cleanup.callback(batches.close)
   # Step metrics stay on the device until a step that logs, evaluates, saves
   # or stops: no device-to-host transfer on the other steps.
-  window = prefetch.StepWindow(config.get('device_prefetch', 2))
+  window = prefetch.StepWindow(config.device_prefetch)
   last_metrics = {}
   for step in range(start_step + 1, config.num_train_steps + 1):
     batch, batch_ids = next(batches)
@@ -580,7 +567,7 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
     # Read once: a signal may arrive meanwhile. (Several processes agree on
     # it at the same steps, host to host.)
     signum = stop.agreed_signum(
-        step, config.get('preemption_check_every_steps', 10))
+        step, config.preemption_check_every_steps)
     if log_now or eval_now or save_now or signum:
       # Before anything is saved: a non-finite step stops (or is skipped)
       # here, so no checkpoint ever holds a non-finite state.
@@ -602,7 +589,7 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
       record_time = now
       # The rate of this step's update (optax counts updates from 0).
       record['learning_rate'] = float(schedule(step - 1))
-      if config.get('skip_nonfinite', False):
+      if config.skip_nonfinite:
         record['skipped_updates'] = int(jax.device_get(state.skipped_updates))
       train_losses = []
       writer.write(step, 'train', record)
@@ -659,7 +646,7 @@ def _check_window(config, workdir, manager, state, fetched):
       continue
     skipped_later -= 1
     skipped = (int(jax.device_get(state.skipped_updates)) - skipped_later
-               if config.get('skip_nonfinite', False) else 0)
+               if config.skip_nonfinite else 0)
     _handle_nonfinite(config, workdir, manager, skipped, step, step_metrics,
                       batch_ids)
   return finite, (fetched[-1][1] if fetched else {})
@@ -674,7 +661,7 @@ def _handle_nonfinite(config, workdir, manager, skipped, step, step_metrics,
   what = (f'loss {step_metrics["loss"]}, gradient norm '
           f'{step_metrics["grad_norm"]} at step {step} (batch of image ids '
           f'{_format_ids(batch_ids)})')
-  if config.get('skip_nonfinite', False):
+  if config.skip_nonfinite:
     logging.warning('Skipped the update of step %d: non-finite %s; %d updates '
                     'skipped so far.', step, what, skipped)
     return
@@ -721,7 +708,7 @@ def _summary_examples(config, val_source, state):
 
   Single-process runs only (the pictures are drawn by process 0 alone).
   """
-  count = min(config.get('summary_images', 0), len(val_source))
+  count = min(config.summary_images, len(val_source))
   if count <= 0 or jax.process_count() > 1:
     return [], None
   examples = [val_source[i] for i in range(count)]

@@ -20,6 +20,7 @@ from fcn_jax import alexnet
 from fcn_jax import caffe_models
 from fcn_jax import convert
 from fcn_jax import inference
+from fcn_jax import layers
 from fcn_jax import models
 from fcn_jax import train
 from fcn_jax import workdir as workdir_lib
@@ -63,7 +64,7 @@ def test_final_crop_follows_from_the_reference_geometry():
 
 
 def test_odd_bilinear_kernel_is_caffes_filler():
-  k = models.bilinear_kernel_1d(63)
+  k = layers.bilinear_kernel_1d(63)
   # surgery.upsample_filt: factor 32, centre 31 for an odd size.
   want = 1 - np.abs(np.arange(63) - 31) / 32
   np.testing.assert_allclose(k, want)
@@ -155,7 +156,7 @@ def torch_alexnet(seed, bilinear):
     for name, p in net.named_parameters():
       if name.startswith('upscore'):
         if bilinear:
-          k = models.bilinear_kernel(63, N_CLASS).transpose(2, 3, 0, 1)
+          k = layers.bilinear_kernel(63, N_CLASS).transpose(2, 3, 0, 1)
           p.copy_(torch.from_numpy(k))
         else:
           p.copy_(torch.rand_like(p))
@@ -262,6 +263,6 @@ def test_surgery_from_bvlc_alexnet_and_config(tmp_path):
           config.loss_normalization, config.num_train_steps) == (
               'fcn-alexnet', 1e-4, 0.9, 20, 20, 5e-4, 'mean', 100_000)
   assert config.init_from == 'weights/bvlc_alexnet'
-  built = train.create_model(config, 21)
+  built = models.create_model(config, 21)
   assert isinstance(built, alexnet.FCNAlexNet) and not built.learn_upsampling
   assert caffe_models.REFERENCE_MODELS['voc-fcn-alexnet'].arch == config.model

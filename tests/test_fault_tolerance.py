@@ -321,7 +321,7 @@ def test_skip_nonfinite_drops_update_and_counts():
 def _abstract_tiny_state(**overrides):
   config = tiny.get_config()
   config.update(overrides)
-  model = train.create_model(config, 7)
+  model = models.create_model(config, 7)
 
   def init(rng):
     params = models.init_params(model, rng, 32)

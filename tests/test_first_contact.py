@@ -21,6 +21,7 @@ from fcn_jax import summaries
 from fcn_jax import train
 from fcn_jax import writers
 from fcn_jax.configs import default
+from fcn_jax.data import decode
 
 
 def read_events(workdir):
@@ -170,7 +171,7 @@ def test_read_image_applies_exif_orientation(tmp_path):
   exif[0x0112] = 6
   path = str(tmp_path / 'photo.jpg')
   Image.fromarray(stored).save(path, exif=exif, quality=100)
-  image, _ = inference.read_image(path)
+  image, _ = decode.read_input_image(path)
   expected = np.rot90(stored, k=-1)  # Clockwise: red is now top-right.
   assert image.shape == expected.shape == (30, 20, 3)
   assert np.abs(image.astype(int) - expected).mean() < 3

@@ -25,7 +25,6 @@ import pth_builder
 from fcn_jax import convert
 from fcn_jax import errors
 from fcn_jax import fault_tolerance
-from fcn_jax import inference
 from fcn_jax import workdir as workdir_lib
 from fcn_jax.configs import tiny
 from fcn_jax.data import decode
@@ -130,7 +129,7 @@ def _small_photo() -> Image.Image:
 
 def _both_readers(path):
   decode.read_image(path)
-  inference.read_image(path)
+  decode.read_input_image(path)
 
 
 def _assert_mostly_refused(counts):

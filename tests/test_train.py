@@ -74,7 +74,7 @@ def test_train_steps_lower_the_loss_on_a_fixed_batch():
   config = _tiny(learning_rate=3e-3, warmup_steps=0, lr_schedule='constant')
   mesh = sharding.create_mesh()
   train_source, _, info = input_pipeline.create_datasets(config)
-  model = train.create_model(config, info.num_classes)
+  model = models.create_model(config, info.num_classes)
   state = train.create_train_state(config, model, _init_key(), mesh)
   p_train_step, _ = train.compile_steps(config, mesh)
   batch = input_pipeline.train_dataset(train_source, 4, seed=0)[0]
@@ -93,7 +93,7 @@ def test_eval_step_counts_every_labelled_pixel_once():
   config = _tiny()
   mesh = sharding.create_mesh()
   _, val_source, info = input_pipeline.create_datasets(config)
-  model = train.create_model(config, info.num_classes)
+  model = models.create_model(config, info.num_classes)
   state = train.create_train_state(config, model, _init_key(), mesh)
   _, p_eval_step = train.compile_steps(config, mesh)
   # 8 validation images in batches of 3: the last batch is padded.
@@ -141,7 +141,7 @@ def test_checkpoint_round_trip_restores_identical_state(finished_run):
   workdir, _ = finished_run
   config = _tiny()
   mesh = sharding.create_mesh()
-  model = train.create_model(config, 7)
+  model = models.create_model(config, 7)
   fresh = train.create_train_state(config, model, _init_key(42), mesh)
   manager = checkpointing.create_manager(workdir)
   restored = checkpointing.restore(manager, fresh, step=6)
@@ -169,7 +169,7 @@ def test_resume_continues_from_the_saved_step_to_the_same_result(
   assert train_steps == [2, 3, 4, 6]
   config = _tiny()
   mesh = sharding.create_mesh()
-  template = train.create_train_state(config, train.create_model(config, 7),
+  template = train.create_train_state(config, models.create_model(config, 7),
                                       _init_key(), mesh)
   full = checkpointing.restore(checkpointing.create_manager(workdir), template, 6)
   split = checkpointing.restore(checkpointing.create_manager(split_dir),
@@ -190,7 +190,7 @@ def test_resume_from_a_checkpoint_without_data_state(finished_run, tmp_path):
   shutil.rmtree(data_dir)
   train.train_and_evaluate(_tiny(), split_dir)
   config = _tiny()
-  template = train.create_train_state(config, train.create_model(config, 7),
+  template = train.create_train_state(config, models.create_model(config, 7),
                                       _init_key(), sharding.create_mesh())
   full = checkpointing.restore(checkpointing.create_manager(workdir), template, 6)
   split = checkpointing.restore(checkpointing.create_manager(split_dir),
