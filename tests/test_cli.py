@@ -156,13 +156,11 @@ def test_error_in_a_data_worker_process_is_one_line(tmp_path):
 def test_commands_turn_exactly_user_errors_into_one_line(capsys):
   # What cli.run wraps every command's main in, with no list of classes: a
   # UserError subclass is one line, a plain ValueError (a bug) propagates.
-  main = cli.catch_user_errors(_main_raising(errors.FlagError(
-      '--shapes=0x1: sides must be positive.')))
-  with pytest.raises(SystemExit) as exit_info:
-    main(['prog'])
-  assert exit_info.value.code == 1
-  assert capsys.readouterr().err == (
-      'error: --shapes=0x1: sides must be positive.\n')
+  for error in (errors.FlagError('--shapes=0x1: sides must be positive.'),
+                errors.BadFileError('x.pth: truncated.')):
+    with pytest.raises(SystemExit, match='^1$'):
+      cli.catch_user_errors(_main_raising(error))(['prog'])
+    assert capsys.readouterr().err == f'error: {error}\n'
   with pytest.raises(ValueError, match='bug'):
     cli.catch_user_errors(_main_raising(ValueError('bug')))(['prog'])
 
