@@ -123,6 +123,7 @@ def define_checkpoint_flags(checkpoint_alone: bool = True) -> None:
   flags.DEFINE_enum('dtype', '', list(DTYPES), "Computation dtype ('' = the "
                     "training config's); bfloat16 is for accelerators.")
   flags.DEFINE_integer('seed', -1, _SEED_HELP)
+  _list_in_command_help('workdir', 'checkpoint', 'dtype', 'seed')
 
 
 def define_model_flag() -> None:
@@ -130,6 +131,7 @@ def define_model_flag() -> None:
   flags.DEFINE_string('model', '', 'Override the model variant (e.g. '
                       'fcn8s-atonce for converted weights without '
                       'config.json).')
+  _list_in_command_help('model')
 
 
 def define_config_flag(help_text: str) -> None:
@@ -138,6 +140,14 @@ def define_config_flag(help_text: str) -> None:
   from fcn_jax.configs import default  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_dict('config', default.get_config(), help_text,
                                   lock_config=False)
+  _list_in_command_help('config')
+
+
+def _list_in_command_help(*names: str) -> None:
+  # Flags defined here count as the running command's own, so that its
+  # --help (absl lists the main module's key flags) shows them.
+  for name in names:
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
 
 
 def config_overrides() -> dict:
