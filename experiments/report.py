@@ -144,7 +144,7 @@ def class_names(sweep_dir: str, runs: Sequence[Run],
       return list(info['class_names'])
     config_record = sweep_lib.read_json(os.path.join(run_dir, 'config.json'))
     if config_record and config_record.get('dataset') == 'synthetic':
-      from fcn_jax import synthetic  # numpy only: cheap to import.
+      from fcn_jax.data import synthetic  # numpy only: cheap to import.
       if len(synthetic.CLASS_NAMES) == num_classes:
         return list(synthetic.CLASS_NAMES)
   return [f'class {i}' for i in range(num_classes)]

@@ -36,12 +36,12 @@ import numpy as np
 from absl import flags
 
 from fcn_jax import fault_tolerance
-from fcn_jax import synthetic
 from fcn_jax.data import decode
 from fcn_jax.data import nyud
 from fcn_jax.data import pascal_context
 from fcn_jax.data import sbd
 from fcn_jax.data import siftflow
+from fcn_jax.data import synthetic
 from fcn_jax.data import tfds_sources
 from fcn_jax.data import voc
 from fcn_jax.metrics import IGNORE_INDEX

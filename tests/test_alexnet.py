@@ -20,6 +20,7 @@ from fcn_jax import alexnet
 from fcn_jax import caffe_models
 from fcn_jax import convert
 from fcn_jax import inference
+from fcn_jax import layers
 from fcn_jax import models
 from fcn_jax import train
 from fcn_jax.configs import voc_fcn_alexnet
@@ -62,7 +63,7 @@ def test_final_crop_follows_from_the_reference_geometry():
 
 
 def test_odd_bilinear_kernel_is_caffes_filler():
-  k = models.bilinear_kernel_1d(63)
+  k = layers.bilinear_kernel_1d(63)
   # surgery.upsample_filt: factor 32, centre 31 for an odd size.
   want = 1 - np.abs(np.arange(63) - 31) / 32
   np.testing.assert_allclose(k, want)
@@ -154,7 +155,7 @@ def torch_alexnet(seed, bilinear):
     for name, p in net.named_parameters():
       if name.startswith('upscore'):
         if bilinear:
-          k = models.bilinear_kernel(63, N_CLASS).transpose(2, 3, 0, 1)
+          k = layers.bilinear_kernel(63, N_CLASS).transpose(2, 3, 0, 1)
           p.copy_(torch.from_numpy(k))
         else:
           p.copy_(torch.rand_like(p))
