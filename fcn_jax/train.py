@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import signal
 import time
 from typing import Any
 
-import flax
 import grain
 import jax
 import jax.numpy as jnp
@@ -27,25 +25,21 @@ from absl import logging
 from flax.training import train_state
 
 from fcn_jax import checkpointing
+from fcn_jax import config_checks
 from fcn_jax import convert
 from fcn_jax import dataset_info
 from fcn_jax import fault_tolerance
+from fcn_jax import grad_accum
 from fcn_jax import input_pipeline
-from fcn_jax import losses
 from fcn_jax import metrics as metrics_lib
 from fcn_jax import models
+from fcn_jax import optimizer
 from fcn_jax import prefetch
 from fcn_jax import sharding
 from fcn_jax import summaries
 from fcn_jax import tasks
 from fcn_jax import workdir as workdir_lib
 from fcn_jax import writers
-
-OPTIMIZERS = ('sgd', 'adam', 'adamw')
-LR_SCHEDULES = ('constant', 'cosine', 'poly')
-
-
-ConfigError = fault_tolerance.ConfigError
 
 
 class TrainState(train_state.TrainState):
@@ -55,133 +49,6 @@ class TrainState(train_state.TrainState):
   loss or gradient (config.skip_nonfinite); it is checkpointed with the rest.
   """
   skipped_updates: jax.Array | int = 0
-
-
-def validate_config(config: ml_collections.ConfigDict,
-                    num_devices: int | None = None) -> None:
-  """One-line errors for bad config values, before anything is compiled.
-
-  Args:
-    config: the training config.
-    num_devices: devices the global batch is split over (default: all).
-
-  Raises:
-    ConfigError (a ValueError): naming the key, its value and what is wrong.
-  """
-  def check(ok, key, message):
-    if not ok:
-      raise ConfigError(f'config.{key}={config[key]!r}: {message}')
-  check(config.model in models.MODELS, 'model',
-        f'expected one of {models.MODELS}')
-  check(input_pipeline.is_known_dataset(config.dataset), 'dataset',
-        f'expected one of {input_pipeline.DATASETS}')
-  check(config.optimizer in OPTIMIZERS, 'optimizer',
-        f'expected one of {OPTIMIZERS}')
-  check(config.lr_schedule in LR_SCHEDULES, 'lr_schedule',
-        f'expected one of {LR_SCHEDULES}')
-  check(config.loss_normalization in losses.NORMALIZATIONS,
-        'loss_normalization', f'expected one of {losses.NORMALIZATIONS}')
-  check(config.num_train_steps > 0, 'num_train_steps', 'must be positive')
-  check(config.batch_size > 0, 'batch_size', 'must be positive')
-  check(config.width > 0, 'width', 'must be positive')
-  check(config.num_classes == -1 or config.num_classes > 0, 'num_classes',
-        'must be positive, or -1 to take it from the dataset')
-  check(config.image_size >= 0, 'image_size', 'must be >= 0')
-  check(config.dtype in ('float32', 'bfloat16'), 'dtype',
-        "expected 'float32' or 'bfloat16'")
-  check(config.fast_ops in models.FAST_OPS_MODES, 'fast_ops',
-        f'expected one of {models.FAST_OPS_MODES}')
-  check(config.data_workers >= -1, 'data_workers',
-        'must be >= 0, or -1 for auto')
-  check(config.data_prefetch > 0, 'data_prefetch', 'must be positive')
-  check(config.device_prefetch > 0, 'device_prefetch',
-        'must be positive')
-  for key in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
-              'keep_checkpoints', 'preemption_check_every_steps'):
-    check(config[key] > 0, key, 'must be positive')
-  for key, message in tasks.config_errors(config):
-    check(False, key, message)
-  num_devices = jax.device_count() if num_devices is None else num_devices
-  check(config.batch_size % num_devices == 0, 'batch_size',
-        f'must be a multiple of the number of devices ({num_devices})')
-  if config.eval_batch_size != -1:
-    check(config.eval_batch_size > 0 and
-          config.eval_batch_size % num_devices == 0, 'eval_batch_size',
-          f'must be -1 or a positive multiple of the number of devices '
-          f'({num_devices})')
-  check(config.grad_accum_steps > 0, 'grad_accum_steps', 'must be positive')
-  micro = config.grad_accum_steps * num_devices
-  check(config.batch_size % micro == 0, 'batch_size',
-        f'must be a multiple of config.grad_accum_steps x devices '
-        f'({config.grad_accum_steps} x {num_devices} = {micro})')
-
-
-def resolve_num_classes(config: ml_collections.ConfigDict,
-                        info: input_pipeline.DatasetInfo) -> int:
-  """config.num_classes, or the dataset's when -1; they must agree."""
-  if config.num_classes == -1:
-    return info.num_classes
-  if config.num_classes != info.num_classes:
-    raise ConfigError(
-        f'config.num_classes={config.num_classes} contradicts dataset '
-        f'{info.name!r}, which has {info.num_classes} classes; use -1 to take '
-        'it from the dataset.')
-  return config.num_classes
-
-
-def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-  decay_steps = max(1, config.num_train_steps - config.warmup_steps)
-  if config.lr_schedule == 'cosine':
-    main = optax.cosine_decay_schedule(config.learning_rate, decay_steps)
-  elif config.lr_schedule == 'poly':
-    # mmsegmentation's default: lr * (1 - t / T) ** power, down to 0.
-    main = optax.polynomial_schedule(config.learning_rate, 0.0,
-                                     config.poly_power, decay_steps)
-  else:
-    main = optax.constant_schedule(config.learning_rate)
-  if config.warmup_steps <= 0:
-    return main
-  warmup = optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps)
-  return optax.join_schedules([warmup, main], [config.warmup_steps])
-
-
-def _is_decayed_kernel(path, _) -> bool:
-  # Weight decay on convolution kernels only: not on biases (the reference),
-  # nor on the (bilinear) upsampling filters.
-  names = [getattr(k, 'key', str(k)) for k in path]
-  return names[-1] == 'kernel' and not names[0].startswith('upscore')
-
-
-def _is_bias(path, _) -> bool:
-  return getattr(path[-1], 'key', None) == 'bias'
-
-
-def create_optimizer(config: ml_collections.ConfigDict,
-                     params) -> optax.GradientTransformation:
-  """The reference recipe's optimizer, generalized.
-
-  Caffe-style L2 decay is added to the gradient of kernels before the
-  optimizer; biases get `bias_lr_mult` times the learning rate (applied to the
-  final update, which for a fixed multiplier equals scaling their rate).
-  """
-  decay_mask = jax.tree_util.tree_map_with_path(_is_decayed_kernel, params)
-  bias_mask = jax.tree_util.tree_map_with_path(_is_bias, params)
-  schedule = learning_rate_schedule(config)
-  l2_decay = config.weight_decay
-  if config.optimizer == 'sgd':
-    optimizer = optax.sgd(schedule, momentum=config.momentum or None)
-  elif config.optimizer == 'adamw':
-    # Decoupled weight decay (same kernels) instead of the L2 gradient term.
-    optimizer = optax.adamw(schedule, weight_decay=config.weight_decay,
-                            mask=decay_mask)
-    l2_decay = 0.0
-  else:
-    optimizer = optax.adam(schedule)
-  return optax.chain(
-      optax.add_decayed_weights(l2_decay, mask=decay_mask),
-      optimizer,
-      optax.masked(optax.scale(config.bias_lr_mult), bias_mask),
-  )
 
 
 def init_and_dropout_keys(seed: int) -> tuple[jax.Array, jax.Array]:
@@ -201,7 +68,7 @@ def create_train_state(config, model, rng, mesh, image_size: int = 32):
   """Creates the replicated TrainState directly on the mesh's devices."""
   def init(rng):
     params = models.init_params(model, rng, image_size)
-    tx = create_optimizer(config, params)
+    tx = optimizer.create_optimizer(config, params)
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
   abstract = jax.eval_shape(init, rng)
   state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
@@ -230,7 +97,7 @@ def train_step(state: TrainState, batch: dict, dropout_rng: jax.Array,
     return tasks.loss(logits, batch, loss_normalization)
 
   if grad_accum_steps > 1:
-    loss, grads = accumulated_loss_and_grads(
+    loss, grads = grad_accum.accumulated_loss_and_grads(
         state, batch, rng, loss_normalization, grad_accum_steps,
         micro_batch_sharding)
   else:
@@ -246,65 +113,6 @@ def train_step(state: TrainState, batch: dict, dropout_rng: jax.Array,
       'param_norm': optax.global_norm(new_state.params),
   }
   return new_state, step_metrics
-
-
-def split_micro_batches(batch: dict, num: int, micro_batch_sharding=None):
-  """(B, ...) arrays -> (num, B / num, ...); micro-batch i = examples i::num.
-
-  Strided rather than contiguous: a device holding a contiguous block of the
-  batch then holds its block of every micro-batch, so no data moves.
-  """
-  def split(x):
-    x = x.reshape((x.shape[0] // num, num) + x.shape[1:]).swapaxes(0, 1)
-    if micro_batch_sharding is not None:
-      x = jax.lax.with_sharding_constraint(x, micro_batch_sharding)
-    return x
-  return jax.tree.map(split, batch)
-
-
-def accumulated_loss_and_grads(state: TrainState, batch: dict,
-                               rng: jax.Array, loss_normalization: str,
-                               num_micro_batches: int,
-                               micro_batch_sharding=None):
-  """Loss and gradient of the whole batch, one micro-batch at a time.
-
-  Each micro-batch contributes its summed pixel loss divided by the whole
-  batch's normalizer (images for 'sum', labelled pixels for 'mean'), so the
-  sum over micro-batches is exactly the whole batch's loss, also when the
-  micro-batches hold different numbers of labelled pixels.
-  """
-  label_keys = input_pipeline.label_keys(batch)
-  if loss_normalization == 'sum':
-    normalizers = {k: jnp.float32(batch[k].shape[0]) for k in label_keys}
-  else:
-    normalizers = {k: jnp.maximum(jnp.sum(batch[k] != metrics_lib.IGNORE_INDEX),
-                                  1).astype(jnp.float32) for k in label_keys}
-
-  def micro_loss_fn(params, micro_batch, micro_rng):
-    logits = state.apply_fn({'params': params}, micro_batch['image'],
-                            train=True, rngs={'dropout': micro_rng})
-    if not isinstance(logits, dict):
-      logits = {'label': logits}
-    # 'sum' normalization divides by the micro-batch size: undo it. Several
-    # heads (SIFT Flow) add up, each with its own normalizer.
-    return sum(losses.pixel_cross_entropy(logits[k], micro_batch[k], 'sum')
-               * micro_batch[k].shape[0] / normalizers[k] for k in label_keys)
-
-  def accumulate(carry, xs):
-    loss_sum, grad_sum = carry
-    index, micro_batch = xs
-    loss, grads = jax.value_and_grad(micro_loss_fn)(
-        state.params, micro_batch, jax.random.fold_in(rng, index))
-    return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
-
-  micro_batches = split_micro_batches(
-      input_pipeline.model_arrays(batch), num_micro_batches,
-      micro_batch_sharding)
-  zeros = (jnp.zeros((), jnp.float32),
-           jax.tree.map(jnp.zeros_like, state.params))
-  (loss, grads), _ = jax.lax.scan(
-      accumulate, zeros, (jnp.arange(num_micro_batches), micro_batches))
-  return loss, grads
 
 
 def _keep_state_if_nonfinite(state: TrainState, new_state: TrainState,
@@ -414,7 +222,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     fault_tolerance.NonFiniteError: non-finite loss or gradient.
     fault_tolerance.Interrupted: SIGTERM/SIGINT; a checkpoint was written.
   """
-  validate_config(config)
+  config_checks.validate_config(config)
   os.makedirs(workdir, exist_ok=True)
   # Everything registered on `cleanup` runs on every exit, errors included:
   # above all it waits for an asynchronous checkpoint save to finish.
@@ -443,7 +251,7 @@ def prepare_run(config, workdir: str, mesh, cleanup, check_resume=None):
   sharding.check_batch_size(eval_batch_size, mesh, 'eval_batch_size')
 
   train_source, val_source, info = input_pipeline.create_datasets(config)
-  num_classes = resolve_num_classes(config, info)
+  num_classes = config_checks.resolve_num_classes(config, info)
   config = ml_collections.ConfigDict(config.to_dict())
   config.num_classes = num_classes
 
@@ -504,7 +312,7 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
   p_train_step, p_eval_step = compile_steps(config, mesh)
   writer = writers.MetricWriter(workdir, class_names=info.class_names)
   cleanup.callback(writer.close)
-  schedule = learning_rate_schedule(config)
+  schedule = optimizer.learning_rate_schedule(config)
   summary_examples, predict_fn = _summary_examples(config, val_source, state)
   dropout_rng = sharding.replicate(dropout_rng, mesh)
   faults = fault_tolerance.TestFaults.from_env()

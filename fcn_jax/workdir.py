@@ -306,7 +306,7 @@ def load_params(path: str) -> tuple[dict, dict]:
   """
   path = os.path.abspath(path)
   if not os.path.isdir(path):
-    raise FileNotFoundError(f'{path}: no such checkpoint directory.')
+    raise errors.MissingFileError(f'{path}: no such checkpoint directory.')
   if os.path.isdir(os.path.join(path, CONVERTED_MARKER)):
     params = restore_params(path)
     with open(os.path.join(path, CONVERTED_MARKER, 'metadata')) as f:

@@ -18,11 +18,11 @@ from caffe_testutil import torch_layers
 from caffe_testutil import write_caffemodel
 from fcn_jax import alexnet
 from fcn_jax import caffe_models
+from fcn_jax import config_checks
 from fcn_jax import convert
 from fcn_jax import inference
 from fcn_jax import layers
 from fcn_jax import models
-from fcn_jax import train
 from fcn_jax import workdir as workdir_lib
 from fcn_jax.configs import voc_fcn_alexnet
 
@@ -257,7 +257,7 @@ def test_surgery_from_bvlc_alexnet_and_config(tmp_path):
                                 layers[1][2][0].transpose(2, 3, 1, 0))
 
   config = voc_fcn_alexnet.get_config()
-  train.validate_config(config, num_devices=1)
+  config_checks.validate_config(config, num_devices=1)
   assert (config.model, config.learning_rate, config.momentum,
           config.grad_accum_steps, config.batch_size, config.weight_decay,
           config.loss_normalization, config.num_train_steps) == (

@@ -6,6 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fcn_jax import config_checks
+from fcn_jax import grad_accum
 from fcn_jax import losses
 from fcn_jax import sharding
 from fcn_jax import train
@@ -106,7 +108,7 @@ def test_accumulated_gradient_is_whole_batch_gradient():
 
   loss, grads = jax.jit(jax.value_and_grad(whole_loss))(state.params)
   accum_loss, accum_grads = jax.jit(
-      train.accumulated_loss_and_grads, static_argnums=(3, 4))(
+      grad_accum.accumulated_loss_and_grads, static_argnums=(3, 4))(
           state, batch, jax.random.key(0), 'sum', 4)
   np.testing.assert_allclose(accum_loss, loss, rtol=1e-6)
   diffs = _max_relative_diffs(grads, accum_grads)
@@ -129,7 +131,7 @@ def test_averaging_micro_batch_means_would_be_wrong():
 
 def test_micro_batches_are_strided_slices():
   batch = {'x': np.arange(12 * 2).reshape(12, 2)}
-  micro = jax.device_get(train.split_micro_batches(batch, 3))['x']
+  micro = jax.device_get(grad_accum.split_micro_batches(batch, 3))['x']
   assert micro.shape == (3, 4, 2)
   for i in range(3):
     np.testing.assert_array_equal(micro[i], batch['x'][i::3])
@@ -139,9 +141,9 @@ def test_batch_not_divisible_by_micro_batches_is_a_clear_error():
   config = _config(batch_size=8, grad_accum_steps=3)
   with pytest.raises(ValueError, match=r'config\.batch_size=8: must be a '
                      r'multiple of config\.grad_accum_steps x devices'):
-    train.validate_config(config, num_devices=1)
+    config_checks.validate_config(config, num_devices=1)
   mesh = sharding.create_mesh(jax.devices()[:1])
   with pytest.raises(ValueError, match=r'3 x 1 = 3'):
     sharding.check_batch_size(8, mesh, micro_batches=3)
   with pytest.raises(ValueError, match='grad_accum_steps'):
-    train.validate_config(_config(grad_accum_steps=0), num_devices=1)
+    config_checks.validate_config(_config(grad_accum_steps=0), num_devices=1)
