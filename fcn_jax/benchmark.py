@@ -309,6 +309,7 @@ def build_torch_fcn8s(torch, width: float, num_classes: int = NUM_CLASSES,
   Parameter names follow fcn_jax's (conv1_1 ... score_pool3); the frozen
   bilinear upsampling is a per-channel transposed convolution, as in fcn_jax.
   """
+  from fcn_jax import layers  # pylint: disable=g-import-not-at-top
   from fcn_jax import models  # pylint: disable=g-import-not-at-top
   nn, F = torch.nn, torch.nn.functional
   ch = lambda c: models.scaled_channels(c, width)
@@ -336,7 +337,7 @@ def build_torch_fcn8s(torch, width: float, num_classes: int = NUM_CLASSES,
       self.layers['score_pool3'] = nn.Conv2d(ch(256), num_classes, 1)
       self.drop = nn.Dropout(dropout)
       for factor in (2, 8):
-        k1 = torch.tensor(models.bilinear_kernel_1d(2 * factor),
+        k1 = torch.tensor(layers.bilinear_kernel_1d(2 * factor),
                           dtype=torch.float32)
         kernel = torch.outer(k1, k1)[None, None].repeat(num_classes, 1, 1, 1)
         self.register_buffer(f'bilinear{factor}', kernel)
@@ -483,8 +484,8 @@ def count_mixed_size_compilations(width: float, fast_ops: str, folder: str):
   """Predicts every image of `folder` with one jitted forward; counts compiles."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   from fcn_jax import models  # pylint: disable=g-import-not-at-top
+  from fcn_jax.data import decode  # pylint: disable=g-import-not-at-top
   paths = sorted(glob.glob(os.path.join(folder, '*.jpg')) +
                  glob.glob(os.path.join(folder, '*.png')))
   if not paths:
@@ -497,7 +498,7 @@ def count_mixed_size_compilations(width: float, fast_ops: str, folder: str):
   sizes = set()
   start = time.perf_counter()
   for path in paths:
-    image = np.asarray(Image.open(path).convert('RGB'), np.float32)[..., ::-1]
+    image = decode.read_image(path).astype(np.float32)[..., ::-1]
     image = image - np.asarray(models.MEAN_BGR, np.float32)
     sizes.add(image.shape[:2])
     predict(params, image[None]).block_until_ready()

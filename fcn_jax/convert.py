@@ -47,6 +47,7 @@ from absl import logging
 
 from fcn_jax import checkpointing
 from fcn_jax import errors
+from fcn_jax import layers
 from fcn_jax import models
 
 # Known weight files: official source, checksum, format and FCN variant.
@@ -460,7 +461,7 @@ def conv_transpose_kernel(weight) -> np.ndarray:
   """torch ConvTranspose2d weight (in, out, kh, kw) -> (kh, kw, in, out).
 
   torch computes out[o, i*s+a, j*s+b] += x[c, i, j] * w[c, o, a, b];
-  `models.conv_transpose` computes the same with kernel[a, b, c, o]: a pure
+  `layers.conv_transpose` computes the same with kernel[a, b, c, o]: a pure
   transpose, no spatial flip.
   """
   weight = to_numpy(weight)
@@ -593,7 +594,7 @@ def is_bilinear(kernel: np.ndarray, atol: float = 1e-6) -> bool:
   size, channels = kernel.shape[0], kernel.shape[2]
   if kernel.shape != (size, size, channels, channels):
     return False
-  return np.allclose(kernel, models.bilinear_kernel(size, channels), atol=atol)
+  return np.allclose(kernel, layers.bilinear_kernel(size, channels), atol=atol)
 
 
 def guess_torchfcn_variant(state_dict: Mapping[str, Any]) -> str:

@@ -35,6 +35,7 @@ from PIL import Image
 from fcn_jax import convert
 from fcn_jax import input_pipeline
 from fcn_jax import models
+from fcn_jax.data import decode
 
 IMAGENET_CLASSES = 1000
 # Geometry of a map cell: window size and stride in input pixels.
@@ -99,7 +100,7 @@ def load_image(path: str, scale: float = 1.0) -> np.ndarray:
   """RGB uint8 (H, W, 3), optionally resized by `scale`."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path}: no such image.')
-  image = Image.open(path).convert('RGB')
+  image = Image.fromarray(decode.read_image(path))
   if scale != 1.0:
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     image = image.resize(size, Image.BILINEAR)

@@ -39,7 +39,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from PIL import Image
-from PIL import ImageOps
 
 from fcn_jax import checkpointing
 from fcn_jax import dataset_info
@@ -47,9 +46,9 @@ from fcn_jax import errors
 from fcn_jax import input_pipeline
 from fcn_jax import models
 from fcn_jax import tasks
-from fcn_jax import train
 from fcn_jax.configs import default as default_config
 from fcn_jax.data import decode
+from fcn_jax.data import voc
 
 CONFIG_FILE = 'config.json'
 CHECKPOINTS = 'checkpoints'
@@ -65,101 +64,8 @@ class CheckpointError(ValueError, errors.UserError):
   """A checkpoint is missing, unreadable or does not fit the model."""
 
 
-class ImageError(ValueError, errors.UserError):
-  """An input image cannot be read or is in an unusable format."""
-
-
 # ---------------------------------------------------------------------------
 # Images.
-
-
-def read_image(path: str) -> tuple[np.ndarray, list[str]]:
-  """Reads an image file as (H, W, 3) uint8 RGB.
-
-  Returns the image and notes on conversions made (grayscale, alpha, 16-bit),
-  which callers should show the user. Raises ImageError naming the file.
-  """
-  try:
-    with Image.open(path) as image:
-      decode.check_image_size(image, path, ImageError)
-      image.load()  # Decode now: truncated files fail here, not later.
-      # Photos from phones and cameras are often stored sideways with an
-      # EXIF orientation tag; viewers rotate them, so must we.
-      return to_rgb(ImageOps.exif_transpose(image), name=path)
-  except ImageError:
-    raise
-  except Image.DecompressionBombError as e:
-    raise decode.bomb_error(e, path, ImageError) from None
-  except (OSError, SyntaxError, ValueError) as e:
-    raise ImageError(f'{path}: cannot read image ({e}).') from e
-
-
-def to_rgb(image: Any, name: str = 'image') -> tuple[np.ndarray, list[str]]:
-  """A PIL image or numpy array -> ((H, W, 3) uint8 RGB, conversion notes).
-
-  Accepted: RGB; grayscale (replicated to three channels); RGBA/LA (alpha
-  ignored); palette and CMYK images (converted); 16-bit grayscale or RGB
-  (scaled to 8 bits by /257). Floating-point data is refused, since its
-  range (0-1 or 0-255) cannot be told reliably.
-  """
-  notes = []
-  if isinstance(image, Image.Image):
-    mode = image.mode
-    if mode in ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I'):
-      array = np.asarray(image).astype(np.int64)
-    elif mode == 'F':
-      raise ImageError(f'{name}: floating-point image (mode F) is not '
-                       'supported; save it as 8-bit RGB.')
-    elif mode in ('RGB', 'L', 'RGBA', 'LA'):
-      array = np.asarray(image)
-    elif mode == 'P':
-      has_alpha = 'transparency' in image.info
-      array = np.asarray(image.convert('RGBA' if has_alpha else 'RGB'))
-    elif mode == '1':
-      array = np.asarray(image.convert('L'))
-    else:
-      notes.append(f'{mode} image converted to RGB')
-      try:
-        array = np.asarray(image.convert('RGB'))
-      except (ValueError, OSError) as e:
-        raise ImageError(f'{name}: cannot convert mode {mode} to RGB ({e}).')
-  else:
-    array = np.asarray(image)
-  return _array_to_rgb(array, name, notes)
-
-
-def _array_to_rgb(array: np.ndarray, name: str,
-                  notes: list[str]) -> tuple[np.ndarray, list[str]]:
-  if array.dtype.kind == 'f':
-    raise ImageError(f'{name}: {array.dtype} pixels are ambiguous (0-1 or '
-                     '0-255?); pass uint8 RGB, e.g. (x * 255).astype(np.uint8).')
-  if array.dtype.kind not in 'uib':
-    raise ImageError(f'{name}: unsupported pixel type {array.dtype}.')
-  if array.ndim == 3 and array.shape[-1] == 1:
-    array = array[..., 0]
-  if array.ndim == 2:
-    notes.append('grayscale image: grey copied to R, G and B')
-    array = np.stack([array] * 3, axis=-1)
-  elif array.ndim == 3 and array.shape[-1] in (2, 4):
-    notes.append('alpha channel ignored')
-    array = array[..., :-1]
-    if array.shape[-1] == 1:
-      array = np.repeat(array, 3, axis=-1)
-  if array.ndim != 3 or array.shape[-1] != 3:
-    raise ImageError(f'{name}: expected an (H, W, 3) RGB image, got shape '
-                     f'{array.shape}.')
-  if array.shape[0] < 1 or array.shape[1] < 1:
-    raise ImageError(f'{name}: empty image of shape {array.shape}.')
-  if array.dtype != np.uint8:
-    low, high = int(array.min()), int(array.max())
-    if low < 0 or high > 65535:
-      raise ImageError(f'{name}: pixel values {low}..{high} fit neither 8 '
-                       'nor 16 bits.')
-    if array.dtype.itemsize > 1 and high > 255:
-      notes.append('16-bit image scaled to 8 bits')
-      array = np.round(array.astype(np.float64) / 257.0)
-    array = array.astype(np.uint8)
-  return np.ascontiguousarray(array), notes
 
 
 def _resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -291,7 +197,7 @@ class Segmenter:
 
   def logits(self, image: Any) -> np.ndarray:
     """(H, W, C) float32 logits of one RGB image, exactly its size."""
-    rgb, _ = to_rgb(image)
+    rgb, _ = decode.to_rgb(image)
     height, width = rgb.shape[:2]
     if self.bucket:
       padded_h, padded_w = bucket_size(height), bucket_size(width)
@@ -340,7 +246,7 @@ class Segmenter:
         overlapping window x window tiles whose probabilities are averaged.
       overlap: tile overlap as a fraction of `window`.
     """
-    rgb, _ = to_rgb(image)
+    rgb, _ = decode.to_rgb(image)
     height, width = rgb.shape[:2]
     if scales is None:
       scales = DEFAULT_TTA_SCALES if tta else (1.0,)
@@ -371,7 +277,7 @@ class Segmenter:
     at a time (same result as `probabilities`' argmax, without holding the
     whole image's probabilities).
     """
-    rgb, _ = to_rgb(image)
+    rgb, _ = decode.to_rgb(image)
     height, width = rgb.shape[:2]
     window = kwargs.get('window')
     if not window and height * width > self.max_pixels:
@@ -758,18 +664,11 @@ def dataset_meta(config: ml_collections.ConfigDict, num_classes: int,
                  config.get('dataset'), _first_line(e))
   names = tuple(f'class_{i}' for i in range(num_classes))
   shipped = tasks.shipped_class_names(config.get('dataset', ''))
-  if num_classes == len(VOC_CLASS_NAMES):
-    names = VOC_CLASS_NAMES
+  if num_classes == len(voc.VOC_CLASS_NAMES):
+    names = voc.VOC_CLASS_NAMES
   elif shipped is not None and len(shipped) == num_classes:
     names = shipped
   return names, input_pipeline.voc_palette(num_classes)
-
-
-# The 21 PASCAL VOC classes, index order (background = 0).
-VOC_CLASS_NAMES = (
-    'background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus',
-    'car', 'cat', 'chair', 'cow', 'diningtable', 'dog', 'horse', 'motorbike',
-    'person', 'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor')
 
 
 def load(path: str, checkpoint: str | int = 'best', *,
@@ -831,7 +730,7 @@ def load(path: str, checkpoint: str | int = 'best', *,
     raise CheckpointError(f'config.model={config.model!r}: expected one of '
                           f'{models.MODELS}.')
   try:
-    model = train.create_model(config, config.num_classes)
+    model = models.create_model(config, config.num_classes)
   except ValueError as e:
     raise CheckpointError(f'{checkpoint_path}: cannot build the model: {e}')
   check_params_fit(model, params, checkpoint_path)

@@ -32,7 +32,6 @@ from PIL import Image
 
 from fcn_jax import cli
 from fcn_jax import errors
-from fcn_jax.data import decode
 from fcn_jax import inference
 from fcn_jax import input_pipeline
 from fcn_jax import tasks
@@ -108,7 +107,7 @@ def predict_files(segmenter: inference.Segmenter, paths: list[str],
       continue
     stems[stem] = path
     try:
-      image, notes = inference.read_image(path)
+      image, notes = decode.read_input_image(path)
       report.warnings.extend(f'{path}: {note}' for note in notes)
       for note in notes:
         logging.warning('%s: %s', path, note)
@@ -139,7 +138,7 @@ def predict_files(segmenter: inference.Segmenter, paths: list[str],
       report.sizes.add(image.shape[:2])
       logging.info('[%d/%d] %s (%dx%d) -> %s', index, len(paths), path,
                    image.shape[1], image.shape[0], label_path)
-    except inference.ImageError as e:
+    except decode.ImageError as e:
       report.failures.append(str(e))
       logging.error('%s', e)
     except Exception as e:  # pylint: disable=broad-except
@@ -157,7 +156,7 @@ def read_modality(modality: str, image_path: str,
   same file name (or same stem, .png) in the folder of --hha / --depth."""
   folder = os.path.expanduser(modality_dirs.get(modality) or '')
   if not folder:
-    raise inference.ImageError(
+    raise decode.ImageError(
         f'{image_path}: this model also reads {modality}; give '
         f'--{modality}=FOLDER with a file named like each input.')
   name = os.path.basename(image_path)
@@ -165,13 +164,13 @@ def read_modality(modality: str, image_path: str,
                 os.path.join(folder, os.path.splitext(name)[0] + '.png')]
   path = next((c for c in candidates if os.path.isfile(c)), None)
   if path is None:
-    raise inference.ImageError(f'{candidates[-1]}: {modality} file for '
+    raise decode.ImageError(f'{candidates[-1]}: {modality} file for '
                                f'{image_path} not found.')
   try:
     return (nyud.read_depth(path) if modality == 'depth'
             else decode.read_image(path))
   except decode.DataError as e:
-    raise inference.ImageError(str(e)) from None
+    raise decode.ImageError(str(e)) from None
 
 
 def _predict_heads(segmenter: inference.Segmenter, image: np.ndarray,
@@ -183,7 +182,7 @@ def _predict_heads(segmenter: inference.Segmenter, image: np.ndarray,
   for modality in tasks.extra_modalities(segmenter.config):
     extras[modality] = read_modality(modality, path, modality_dirs)
     if extras[modality].shape[:2] != image.shape[:2]:
-      raise inference.ImageError(
+      raise decode.ImageError(
           f'{path}: its {modality} is {extras[modality].shape[1]}x'
           f'{extras[modality].shape[0]} (WxH) but the image is '
           f'{image.shape[1]}x{image.shape[0]}.')

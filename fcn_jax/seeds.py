@@ -42,6 +42,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from fcn_jax import checkpointing
 from fcn_jax import fault_tolerance
 from fcn_jax import input_pipeline
+from fcn_jax import models
 from fcn_jax import prefetch
 from fcn_jax import sharding
 from fcn_jax import train
@@ -56,7 +57,11 @@ def seed_list(config: ml_collections.ConfigDict) -> list[int] | None:
   '0,1,2,3' (or '5,' for the single seed 5) lists seeds; a lone number
   '4' is a count, seeds 0..3.
   """
-  text = str(config.get('seeds', '') or '').strip()
+  return _parse_seeds(config.seeds)
+
+
+def _parse_seeds(seeds: str | int) -> list[int] | None:
+  text = str(seeds or '').strip()
   if not text:
     return None
   try:
@@ -117,8 +122,8 @@ def compile_seed_steps(config, mesh):
   replicated = sharding.replicated(mesh)
   step = functools.partial(
       train.train_step, loss_normalization=config.loss_normalization,
-      skip_nonfinite=config.get('skip_nonfinite', False),
-      grad_accum_steps=config.get('grad_accum_steps', 1),
+      skip_nonfinite=config.skip_nonfinite,
+      grad_accum_steps=config.grad_accum_steps,
       # The micro-batch sharding constraint is for unbatched arrays; XLA
       # propagates the batch sharding through the vmapped scan anyway.
       micro_batch_sharding=None)
@@ -128,7 +133,7 @@ def compile_seed_steps(config, mesh):
       out_shardings=(replicated, replicated), donate_argnums=0)
   p_eval_step = jax.jit(
       jax.vmap(functools.partial(
-          train.eval_step, boundary_radius=config.get('boundary_radius', 0)),
+          train.eval_step, boundary_radius=config.boundary_radius),
                in_axes=(0, 0, None)),
       in_shardings=(replicated, replicated, sharding.data_sharded(mesh)),
       out_shardings=replicated, donate_argnums=1)
@@ -304,14 +309,14 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
                seeds, kind, jax.device_count(), jax.devices()[0].platform,
                dict(mesh.shape))
 
-  model = train.create_model(config, num_classes)
+  model = models.create_model(config, num_classes)
   state = create_seed_states(config, model, seeds, mesh)
   restored = checkpointing.restore_latest_valid(manager, workdir, state)
   if restored is not None:
     state = restored
     logging.info('Resumed %d seeds from step %d.', len(seeds),
                  int(state.step[0]))
-  elif config.get('init_from'):
+  elif config.init_from:
     params = [train.convert.init_from(jax.tree.map(lambda x: x[k],
                                                    state.params),
                                       config.init_from)
@@ -325,7 +330,7 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
       train_source, seed_config(config, s), info) for s in seeds]
   eval_args = dict(source=val_source, batch_size=eval_batch_size,
                    num_classes=num_classes,
-                   boundary_radius=config.get('boundary_radius', 0),
+                   boundary_radius=config.boundary_radius,
                    batching=input_pipeline.batching_options(config, info))
   if kind == 'vmap':
     program = _VmapProgram(config, mesh, eval_args)
@@ -354,12 +359,12 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
   batches = prefetch.DevicePrefetcher(
       _stacked_batches(datasets, start_step, config.num_train_steps),
       program.place, config.num_train_steps - start_step,
-      config.get('device_prefetch', 2),
+      config.device_prefetch,
       prepare=lambda i, b: faults.corrupt_batch(start_step + 1 + i, b))
   cleanup.callback(batches.close)
   # As in the single-seed loop: step metrics stay on the device until a step
   # that logs, evaluates, saves or stops.
-  window = prefetch.StepWindow(config.get('device_prefetch', 2))
+  window = prefetch.StepWindow(config.device_prefetch)
   last_metrics = {}
   for step in range(start_step + 1, config.num_train_steps + 1):
     batch, _ = next(batches)
@@ -373,7 +378,7 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
     evaluated = step % config.eval_every_steps == 0 or is_last
     save_now = step % config.checkpoint_every_steps == 0 or is_last
     signum = stop.agreed_signum(
-        step, config.get('preemption_check_every_steps', 10))
+        step, config.preemption_check_every_steps)
     if log_now or evaluated or save_now or signum:
       for fetched_step, fetched, _ in window.fetch():
         fetched = program.to_host_metrics(fetched)
@@ -431,7 +436,7 @@ def _ranking(seed_scores: Sequence[dict]) -> dict:
 def _check_finite(config, manager, step, seeds, step_metrics) -> None:
   finite = np.isfinite(step_metrics['loss']) & np.isfinite(
       step_metrics['grad_norm'])
-  if finite.all() or config.get('skip_nonfinite', False):
+  if finite.all() or config.skip_nonfinite:
     return
   bad = [s for s, ok in zip(seeds, finite) if not ok]
   checkpointing.wait_until_saved(manager)
@@ -446,7 +451,10 @@ def _check_same_seeds(workdir: str, seeds: Sequence[int]) -> None:
   """Refuses to resume a workdir trained with other seeds."""
   try:
     with open(os.path.join(workdir, 'config.json')) as f:
-      saved = seed_list(ml_collections.ConfigDict(json.load(f)))
+      record = json.load(f)
+    # A config.json without the key predates many-seeds runs: one seed.
+    saved = (_parse_seeds(record.get('seeds', ''))
+             if isinstance(record, dict) else None)
   except (OSError, ValueError):
     return
   if saved is not None and list(saved) != list(seeds):
@@ -504,9 +512,9 @@ def params_of_seed(params, config: ml_collections.ConfigDict,
   """
   seeds = seed_list(config)
   if seeds is None:
-    if seed is not None and seed != config.get('seed', 0):
+    if seed is not None and seed != config.seed:
       raise ConfigError(f'--seed={seed}: this run trained one model, with '
-                        f'config.seed={config.get("seed", 0)}.')
+                        f'config.seed={config.seed}.')
     return params, ''
   if seed is not None:
     if seed not in seeds:

@@ -34,15 +34,6 @@ def save_label_png(path: str, labels: np.ndarray, palette: np.ndarray) -> None:
   image.save(path, format='PNG')
 
 
-def read_label_png(path: str) -> np.ndarray:
-  """Reads the class indices of a palette or grayscale PNG, (H, W) uint8."""
-  with Image.open(path) as image:
-    if image.mode not in ('P', 'L'):
-      raise ValueError(f'{path}: expected a palette or grayscale label PNG, '
-                       f'got mode {image.mode!r}.')
-    return np.asarray(image)
-
-
 def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
   """(H, W) class indices -> (H, W, 3) uint8 RGB through `palette`."""
   return np.asarray(palette, np.uint8)[np.asarray(labels)]

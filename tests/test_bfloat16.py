@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fcn_jax import models
 from fcn_jax import sharding
 from fcn_jax import train
 from fcn_jax.configs import default
@@ -44,8 +45,8 @@ def _random_params(model, seed=0):
 
 
 def test_bfloat16_forward_close_to_float32():
-  f32 = train.create_model(_config('float32'), CLASSES)
-  bf16 = train.create_model(_config('bfloat16'), CLASSES)
+  f32 = models.create_model(_config('float32'), CLASSES)
+  bf16 = models.create_model(_config('bfloat16'), CLASSES)
   params = _random_params(f32)
   images = _images()
   logits32 = jax.jit(f32.apply)({'params': params}, images)
@@ -62,7 +63,7 @@ def test_bfloat16_forward_close_to_float32():
 
 
 def test_bfloat16_convolutions_and_matmuls_run_in_bfloat16():
-  model = train.create_model(_config('bfloat16'), CLASSES)
+  model = models.create_model(_config('bfloat16'), CLASSES)
   params = jax.eval_shape(model.init, jax.random.key(0), _images(1))['params']
   jaxpr = jax.make_jaxpr(model.apply)({'params': params}, _images(1))
   convs = []
@@ -86,7 +87,7 @@ def test_bfloat16_convolutions_and_matmuls_run_in_bfloat16():
 def test_bfloat16_training_keeps_float32_state_and_lowers_loss():
   config = _config('bfloat16', model='fcn32s')
   mesh = sharding.create_mesh(jax.devices()[:1])
-  model = train.create_model(config, CLASSES)
+  model = models.create_model(config, CLASSES)
   init_key, _ = train.init_and_dropout_keys(0)
   state = train.create_train_state(config, model, init_key, mesh)
   p_train_step, _ = train.compile_steps(config, mesh)

@@ -212,7 +212,7 @@ def model_workdir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('model'))
   config = tiny.get_config()
   config.num_classes = 7
-  model = train.create_model(config, 7)
+  model = models.create_model(config, 7)
   shapes = jax.eval_shape(
       lambda: models.init_params(model, jax.random.key(0), 32))
   params = jax.tree.map(lambda s: np.full(s.shape, 0.5, s.dtype), shapes)

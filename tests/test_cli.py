@@ -22,7 +22,7 @@ from fcn_jax.data import decode
     (fault_tolerance.WorkdirLockedError, RuntimeError),
     (fault_tolerance.NonFiniteError, FloatingPointError),
     (inference.CheckpointError, ValueError),
-    (inference.ImageError, ValueError),
+    (decode.ImageError, ValueError),
 ])
 def test_error_classes_are_user_errors_and_keep_their_bases(cls, old_base):
   error = cls('x')

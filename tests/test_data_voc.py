@@ -85,6 +85,22 @@ def test_grayscale_label_png(tmp_path):
     decode.read_label_png(path)
 
 
+def test_16_bit_label_png_is_read_when_it_fits_and_refused_otherwise(
+    tmp_path):
+  label = np.array([[0, 1, 255], [2, 20, 0]], np.uint16)
+  path = str(tmp_path / 'l16.png')
+  Image.fromarray(label).save(path)
+  with Image.open(path) as image:
+    assert image.mode == 'I;16'  # A real 16-bit PNG, not 8-bit.
+  np.testing.assert_array_equal(decode.read_label_png(path),
+                                label.astype(np.uint8))
+  label[1, 1] = 256 + 20  # Would wrap to 20 as uint8.
+  Image.fromarray(label).save(path)
+  with pytest.raises(decode.DataError,
+                     match=r'l16.png: label values 0..276 do not fit 0..255'):
+    decode.read_label_png(path)
+
+
 def test_voc_finds_vocdevkit_year_folder(tmp_path):
   devkit = tmp_path / 'VOCdevkit'
   devkit.mkdir()

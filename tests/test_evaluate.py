@@ -11,7 +11,7 @@ from fcn_jax import evaluate
 from fcn_jax import inference
 from fcn_jax import input_pipeline
 from fcn_jax import predict
-from fcn_jax import visualize
+from fcn_jax.data import decode
 from inference_testutil import run_module
 from inference_testutil import trained_workdir  # pylint: disable=unused-import
 
@@ -42,7 +42,7 @@ def test_evaluate_equals_metrics_of_saved_predictions(trained_workdir,
   assert not report.failures
   hist = np.zeros((7, 7), np.int64)
   for i in range(len(val)):
-    pred = visualize.read_label_png(str(tmp_path / 'preds' / f'{i:03d}.png'))
+    pred = decode.read_label_png(str(tmp_path / 'preds' / f'{i:03d}.png'))
     label = val[i]['label']
     for t, p in zip(label.ravel(), pred.ravel()):
       if t != 255:

@@ -17,10 +17,12 @@ from fcn_jax import cli
 from fcn_jax import dataset_info
 from fcn_jax import inference
 from fcn_jax import input_pipeline
+from fcn_jax import optimizer
 from fcn_jax import summaries
 from fcn_jax import train
 from fcn_jax import writers
 from fcn_jax.configs import default
+from fcn_jax.data import decode
 
 
 def read_events(workdir):
@@ -125,7 +127,7 @@ def _schedule(**overrides):
   config = default.get_config()
   config.num_train_steps, config.warmup_steps = 110, 10
   config.update(overrides)
-  return train.learning_rate_schedule(config)
+  return optimizer.learning_rate_schedule(config)
 
 
 def test_poly_schedule_after_warmup():
@@ -144,7 +146,7 @@ def test_adamw_decays_kernels_decoupled_not_biases():
                 lr_schedule='constant', warmup_steps=0, bias_lr_mult=1.0)
   params = {'conv1_1': {'kernel': np.full((1, 1, 1, 2), 2.0, np.float32),
                         'bias': np.full((2,), 2.0, np.float32)}}
-  tx = train.create_optimizer(config, params)
+  tx = optimizer.create_optimizer(config, params)
   zero = {'conv1_1': {'kernel': np.zeros((1, 1, 1, 2), np.float32),
                       'bias': np.zeros((2,), np.float32)}}
   updates, _ = tx.update(zero, tx.init(params), params)
@@ -170,7 +172,7 @@ def test_read_image_applies_exif_orientation(tmp_path):
   exif[0x0112] = 6
   path = str(tmp_path / 'photo.jpg')
   Image.fromarray(stored).save(path, exif=exif, quality=100)
-  image, _ = inference.read_image(path)
+  image, _ = decode.read_input_image(path)
   expected = np.rot90(stored, k=-1)  # Clockwise: red is now top-right.
   assert image.shape == expected.shape == (30, 20, 3)
   assert np.abs(image.astype(int) - expected).mean() < 3

@@ -130,7 +130,7 @@ def _small_photo() -> Image.Image:
 
 def _both_readers(path):
   decode.read_image(path)
-  inference.read_image(path)
+  decode.read_input_image(path)
 
 
 def _assert_mostly_refused(counts):

@@ -205,7 +205,6 @@ def _jpeg_with_declared_size(width: int, height: int) -> bytes:
 @pytest.mark.parametrize('kind', ['png', 'jpeg'])
 def test_decompression_bomb_is_our_error_and_the_limit_can_be_raised(
     tmp_path, monkeypatch, kind):
-  from fcn_jax import inference  # pylint: disable=g-import-not-at-top
   from fcn_jax.data import decode  # pylint: disable=g-import-not-at-top
   monkeypatch.delenv(decode.MAX_PIXELS_ENV, raising=False)
   # 60000 x 60000 declared in a file of a few hundred bytes; also one just
@@ -219,8 +218,8 @@ def test_decompression_bomb_is_our_error_and_the_limit_can_be_raised(
     message = f'{width * height:,} pixels, above the limit of 89,478,485'
     with pytest.raises(decode.DataError, match=message):
       decode.read_image(str(path))
-    with pytest.raises(inference.ImageError, match=message):
-      inference.read_image(str(path))
+    with pytest.raises(decode.ImageError, match=message):
+      decode.read_input_image(str(path))
     if kind == 'png':
       with pytest.raises(decode.DataError, match=message):
         decode.read_label_png(str(path))
@@ -234,7 +233,7 @@ def test_decompression_bomb_is_our_error_and_the_limit_can_be_raised(
       decode.read_image(str(path))
     decode.set_max_image_pixels(1200)
     assert decode.read_image(str(path)).shape == (30, 40, 3)
-    assert inference.read_image(str(path))[0].shape == (30, 40, 3)
+    assert decode.read_input_image(str(path))[0].shape == (30, 40, 3)
   finally:
     decode.set_max_image_pixels(decode.DEFAULT_MAX_IMAGE_PIXELS)
 

@@ -14,6 +14,7 @@ from fcn_jax import inference
 from fcn_jax import input_pipeline
 from fcn_jax import models
 from fcn_jax.configs import default
+from fcn_jax.data import decode
 from inference_testutil import compile_listener
 from inference_testutil import random_image
 from inference_testutil import random_params
@@ -271,33 +272,33 @@ def test_bfloat16_close_to_float32(shared):
 def test_image_conversions(tmp_path):
   rgb = random_image(np.random.default_rng(8), 6, 5)
   gray = rgb[..., 0]
-  out, notes = inference.to_rgb(Image.fromarray(gray))
+  out, notes = decode.to_rgb(Image.fromarray(gray))
   np.testing.assert_array_equal(out, np.stack([gray] * 3, -1))
   assert 'grayscale' in notes[0]
   rgba = np.concatenate([rgb, np.full((6, 5, 1), 7, np.uint8)], -1)
   path = str(tmp_path / 'rgba.png')
   Image.fromarray(rgba).save(path)
-  out, notes = inference.read_image(path)
+  out, notes = decode.read_input_image(path)
   np.testing.assert_array_equal(out, rgb)
   assert 'alpha' in notes[0]
   deep = (gray.astype(np.uint16) * 257)  # 16-bit: 0..65535.
   path = str(tmp_path / 'deep.png')
   Image.fromarray(deep).save(path)
-  out, notes = inference.read_image(path)
+  out, notes = decode.read_input_image(path)
   np.testing.assert_array_equal(out, np.stack([gray] * 3, -1))
   assert any('16-bit' in n for n in notes)
-  with pytest.raises(inference.ImageError, match='ambiguous'):
-    inference.to_rgb(rgb.astype(np.float32) / 255)
+  with pytest.raises(decode.ImageError, match='ambiguous'):
+    decode.to_rgb(rgb.astype(np.float32) / 255)
   broken = tmp_path / 'broken.jpg'
   with open(os.path.join(os.path.dirname(__file__), 'data', 'voc-real-mini',
                          'JPEGImages', '2007_000129.jpg'), 'rb') as f:
     broken.write_bytes(f.read()[:3000])  # Truncated JPEG.
-  with pytest.raises(inference.ImageError, match='broken.jpg'):
-    inference.read_image(str(broken))
+  with pytest.raises(decode.ImageError, match='broken.jpg'):
+    decode.read_input_image(str(broken))
   text = tmp_path / 'notes.png'
   text.write_text('not an image')
-  with pytest.raises(inference.ImageError, match='notes.png'):
-    inference.read_image(str(text))
+  with pytest.raises(decode.ImageError, match='notes.png'):
+    decode.read_input_image(str(text))
 
 
 def test_load_errors(trained_workdir, tmp_path):

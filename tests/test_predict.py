@@ -11,6 +11,7 @@ from fcn_jax import inference
 from fcn_jax import input_pipeline
 from fcn_jax import predict
 from fcn_jax import visualize
+from fcn_jax.data import decode
 from inference_testutil import VOC_MINI
 from inference_testutil import run_module
 from inference_testutil import trained_workdir  # pylint: disable=unused-import
@@ -30,7 +31,7 @@ def test_palette_png_round_trip(tmp_path):
   np.testing.assert_array_equal(stored, palette)
   # VOC colours by hand: 1 = (128, 0, 0), 15 (person) = (192, 128, 128).
   assert tuple(stored[1]) == (128, 0, 0) and tuple(stored[15]) == (192, 128, 128)
-  np.testing.assert_array_equal(visualize.read_label_png(path), labels)
+  np.testing.assert_array_equal(decode.read_label_png(path), labels)
 
 
 def test_empty_folder_and_missing_input(tmp_path):
@@ -101,7 +102,7 @@ def test_predict_folder_of_mixed_images(trained_workdir, tmp_path):
   segmenter = inference.load(trained_workdir, '6')
   photo = np.asarray(Image.open(folder / '2007_000129.jpg'))
   np.testing.assert_array_equal(
-      visualize.read_label_png(str(out / '2007_000129.png')),
+      decode.read_label_png(str(out / '2007_000129.png')),
       segmenter.segment(photo))
 
 

@@ -150,14 +150,14 @@ def test_seed_list_parsing():
 EIGHT_DEVICES = textwrap.dedent('''
     import jax, numpy as np
     from jax.sharding import PartitionSpec as P
-    from fcn_jax import input_pipeline, seeds, sharding, train
+    from fcn_jax import input_pipeline, models, seeds, sharding, train
     from fcn_jax.configs import default
     assert jax.device_count() == 8
     config = default.get_tiny_config()
     config.batch_size = 8
     config.fast_ops = 'off'  # As train_seeds does on several CPU devices.
     train_source, _, info = input_pipeline.create_datasets(config)
-    model = train.create_model(config, info.num_classes)
+    model = models.create_model(config, info.num_classes)
     datasets = [input_pipeline.train_dataset_from_config(
         train_source, seeds.seed_config(config, s), info) for s in (0, 1)]
     results = []

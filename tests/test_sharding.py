@@ -48,6 +48,7 @@ def _worker() -> dict:
   import jax
   from fcn_jax import input_pipeline
   from fcn_jax import metrics
+  from fcn_jax import models
   from fcn_jax import sharding
   from fcn_jax import train
 
@@ -56,7 +57,7 @@ def _worker() -> dict:
   mesh8 = sharding.create_mesh()
   config = _tiny_config(8)
   train_source, val_source, info = input_pipeline.create_datasets(config)
-  model = train.create_model(config, info.num_classes)
+  model = models.create_model(config, info.num_classes)
   init = jax.device_get(train.create_train_state(
       config, model, train.init_and_dropout_keys(0)[0], mesh1))
 

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 from fcn_jax import checkpointing
+from fcn_jax import config_checks
 from fcn_jax import inference
 from fcn_jax import input_pipeline
 from fcn_jax import models
+from fcn_jax import optimizer
 from fcn_jax import sharding
 from fcn_jax import train
 from fcn_jax import writers
@@ -47,7 +49,7 @@ def test_sgd_recipe_decays_kernels_only_and_doubles_bias_rate():
                         'bias': jnp.full((2,), 3.0)},
             'upscore2': {'kernel': jnp.full((4, 4, 1, 1), 1.0)}}
   grads = jax.tree.map(jnp.ones_like, params)
-  tx = train.create_optimizer(config, params)
+  tx = optimizer.create_optimizer(config, params)
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(updates['conv1_1']['kernel'], -0.1 * (1 + 0.5 * 2))
   np.testing.assert_allclose(updates['conv1_1']['bias'], -0.2 * 1)
@@ -60,7 +62,7 @@ def test_sgd_momentum_matches_caffe_recursion():
   config = _tiny(optimizer='sgd', momentum=0.9, learning_rate=0.1,
                  lr_schedule='constant', warmup_steps=0, weight_decay=0.0)
   params = {'fc7': {'kernel': jnp.zeros((1, 1, 1, 1))}}
-  tx = train.create_optimizer(config, params)
+  tx = optimizer.create_optimizer(config, params)
   state = tx.init(params)
   grads = jax.tree.map(jnp.ones_like, params)
   u1, state = tx.update(grads, state, params)
@@ -73,7 +75,7 @@ def test_train_steps_lower_the_loss_on_a_fixed_batch():
   config = _tiny(learning_rate=3e-3, warmup_steps=0, lr_schedule='constant')
   mesh = sharding.create_mesh()
   train_source, _, info = input_pipeline.create_datasets(config)
-  model = train.create_model(config, info.num_classes)
+  model = models.create_model(config, info.num_classes)
   state = train.create_train_state(config, model, _init_key(), mesh)
   p_train_step, _ = train.compile_steps(config, mesh)
   batch = input_pipeline.train_dataset(train_source, 4, seed=0)[0]
@@ -92,7 +94,7 @@ def test_eval_step_counts_every_labelled_pixel_once():
   config = _tiny()
   mesh = sharding.create_mesh()
   _, val_source, info = input_pipeline.create_datasets(config)
-  model = train.create_model(config, info.num_classes)
+  model = models.create_model(config, info.num_classes)
   state = train.create_train_state(config, model, _init_key(), mesh)
   _, p_eval_step = train.compile_steps(config, mesh)
   # 8 validation images in batches of 3: the last batch is padded.
@@ -140,7 +142,7 @@ def test_checkpoint_round_trip_restores_identical_state(finished_run):
   workdir, _ = finished_run
   config = _tiny()
   mesh = sharding.create_mesh()
-  model = train.create_model(config, 7)
+  model = models.create_model(config, 7)
   fresh = train.create_train_state(config, model, _init_key(42), mesh)
   manager = checkpointing.create_manager(workdir)
   restored = checkpointing.restore(manager, fresh, step=6)
@@ -168,7 +170,7 @@ def test_resume_continues_from_the_saved_step_to_the_same_result(
   assert train_steps == [2, 3, 4, 6]
   config = _tiny()
   mesh = sharding.create_mesh()
-  template = train.create_train_state(config, train.create_model(config, 7),
+  template = train.create_train_state(config, models.create_model(config, 7),
                                       _init_key(), mesh)
   full = checkpointing.restore(checkpointing.create_manager(workdir), template, 6)
   split = checkpointing.restore(checkpointing.create_manager(split_dir),
@@ -189,7 +191,7 @@ def test_resume_from_a_checkpoint_without_data_state(finished_run, tmp_path):
   shutil.rmtree(data_dir)
   train.train_and_evaluate(_tiny(), split_dir)
   config = _tiny()
-  template = train.create_train_state(config, train.create_model(config, 7),
+  template = train.create_train_state(config, models.create_model(config, 7),
                                       _init_key(), sharding.create_mesh())
   full = checkpointing.restore(checkpointing.create_manager(workdir), template, 6)
   split = checkpointing.restore(checkpointing.create_manager(split_dir),
@@ -237,7 +239,7 @@ def test_paper_recipes_hold_the_reference_solver_settings(
           config.weight_decay) == (1, 'sum', 5e-4)
   assert (config.dataset, config.image_size, config.width,
           config.random_flip) == ('sbd', 0, 1.0, False)
-  train.validate_config(config, num_devices=1)
+  config_checks.validate_config(config, num_devices=1)
 
 
 def test_run_describes_its_dataset_and_shows_predictions(finished_run):

@@ -1,7 +1,10 @@
 """Reading images, label maps and split lists, with one-line errors.
 
-Every failure is a `DataError` naming the file and what is wrong, instead of
-a traceback from deep inside PIL or scipy.
+The one place image files are opened (`_open_image`): dataset images and
+labels (`read_image`, `read_label_png`, a `DataError` on failure) and the
+images a user asks to segment (`read_input_image`, `to_rgb`, an
+`ImageError`). Every failure names the file and what is wrong, instead of a
+traceback from deep inside PIL or scipy.
 """
 
 from __future__ import annotations
@@ -9,11 +12,12 @@ from __future__ import annotations
 import io
 import os
 import re
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from absl import logging
 from PIL import Image
+from PIL import ImageOps
 
 from fcn_jax import errors
 from fcn_jax.data import mat5
@@ -42,30 +46,32 @@ def set_max_image_pixels(pixels: int) -> None:
   Image.MAX_IMAGE_PIXELS = int(pixels)
 
 
-def check_image_size(image: Image.Image, name: str, error=None) -> None:
-  """Raises `error` (default DataError) if `image` declares more pixels
-  than `max_image_pixels()`; call before decoding its data."""
+def _check_image_size(image: Image.Image, name: str, error) -> None:
+  """Raises `error` if `image` declares more pixels than
+  `max_image_pixels()`; call before decoding its data."""
   width, height = image.size
   limit = max_image_pixels()
   if width * height > limit:
-    raise (error or DataError)(
+    raise error(
         f'{name}: image declares {width}x{height} = {width * height:,} '
         f'pixels, above the limit of {limit:,} (a decompression bomb?); for '
         'real images that large raise config.max_image_pixels '
         '(--max_image_pixels in predict).')
 
 
-def bomb_error(error: Exception, name: str, cls=None) -> Exception:
+def _bomb_error(error: Exception, name: str, cls) -> Exception:
   """PIL's DecompressionBombError (raised at twice PIL's limit, before
-  `check_image_size` can look) as our one-line error."""
+  `_check_image_size` can look) as our one-line error."""
   found = re.search(r'\((\d+) pixels\)', str(error))
   pixels = f'{int(found.group(1)):,} pixels' if found else 'too many pixels'
-  return (cls or DataError)(
+  return cls(
       f'{name}: image declares {pixels}, above the limit of '
       f'{max_image_pixels():,} (a decompression bomb?); for real images that '
       'large raise config.max_image_pixels (--max_image_pixels in predict).')
 
 
+# PIL's modes of one-channel 16-bit (and 32-bit integer) images.
+_SIXTEEN_BIT_MODES = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I')
 # PIL's own check (a warning above its limit, an error at twice it) uses
 # the same limit.
 Image.MAX_IMAGE_PIXELS = max_image_pixels()
@@ -75,10 +81,100 @@ class DataError(ValueError, errors.UserError):
   """A dataset file is missing, unreadable or inconsistent."""
 
 
+class ImageError(ValueError, errors.UserError):
+  """An input image cannot be read or is in an unusable format."""
+
+
 def read_image(path: str) -> np.ndarray:
   """Reads an image file as (H, W, 3) uint8 RGB (grayscale is replicated)."""
   with _open_image(path) as image:
     return np.asarray(image.convert('RGB'))
+
+
+def read_input_image(path: str) -> tuple[np.ndarray, list[str]]:
+  """Reads an image to segment as (H, W, 3) uint8 RGB.
+
+  Returns the image and notes on conversions made (grayscale, alpha, 16-bit),
+  which callers should show the user. Raises ImageError naming the file.
+  """
+  with _open_image(path, error=ImageError,
+                   unreadable='cannot read image') as image:
+    try:
+      # Photos from phones and cameras are often stored sideways with an
+      # EXIF orientation tag; viewers rotate them, so must we.
+      return to_rgb(ImageOps.exif_transpose(image), name=path)
+    except ImageError:
+      raise
+    except (OSError, SyntaxError, ValueError) as e:
+      raise ImageError(f'{path}: cannot read image ({e}).') from e
+
+
+def to_rgb(image: Any, name: str = 'image') -> tuple[np.ndarray, list[str]]:
+  """A PIL image or numpy array -> ((H, W, 3) uint8 RGB, conversion notes).
+
+  Accepted: RGB; grayscale (replicated to three channels); RGBA/LA (alpha
+  ignored); palette and CMYK images (converted); 16-bit grayscale or RGB
+  (scaled to 8 bits by /257). Floating-point data is refused, since its
+  range (0-1 or 0-255) cannot be told reliably.
+  """
+  notes = []
+  if isinstance(image, Image.Image):
+    mode = image.mode
+    if mode in _SIXTEEN_BIT_MODES:
+      array = np.asarray(image).astype(np.int64)
+    elif mode == 'F':
+      raise ImageError(f'{name}: floating-point image (mode F) is not '
+                       'supported; save it as 8-bit RGB.')
+    elif mode in ('RGB', 'L', 'RGBA', 'LA'):
+      array = np.asarray(image)
+    elif mode == 'P':
+      has_alpha = 'transparency' in image.info
+      array = np.asarray(image.convert('RGBA' if has_alpha else 'RGB'))
+    elif mode == '1':
+      array = np.asarray(image.convert('L'))
+    else:
+      notes.append(f'{mode} image converted to RGB')
+      try:
+        array = np.asarray(image.convert('RGB'))
+      except (ValueError, OSError) as e:
+        raise ImageError(f'{name}: cannot convert mode {mode} to RGB ({e}).')
+  else:
+    array = np.asarray(image)
+  return _array_to_rgb(array, name, notes)
+
+
+def _array_to_rgb(array: np.ndarray, name: str,
+                  notes: list[str]) -> tuple[np.ndarray, list[str]]:
+  if array.dtype.kind == 'f':
+    raise ImageError(f'{name}: {array.dtype} pixels are ambiguous (0-1 or '
+                     '0-255?); pass uint8 RGB, e.g. (x * 255).astype(np.uint8).')
+  if array.dtype.kind not in 'uib':
+    raise ImageError(f'{name}: unsupported pixel type {array.dtype}.')
+  if array.ndim == 3 and array.shape[-1] == 1:
+    array = array[..., 0]
+  if array.ndim == 2:
+    notes.append('grayscale image: grey copied to R, G and B')
+    array = np.stack([array] * 3, axis=-1)
+  elif array.ndim == 3 and array.shape[-1] in (2, 4):
+    notes.append('alpha channel ignored')
+    array = array[..., :-1]
+    if array.shape[-1] == 1:
+      array = np.repeat(array, 3, axis=-1)
+  if array.ndim != 3 or array.shape[-1] != 3:
+    raise ImageError(f'{name}: expected an (H, W, 3) RGB image, got shape '
+                     f'{array.shape}.')
+  if array.shape[0] < 1 or array.shape[1] < 1:
+    raise ImageError(f'{name}: empty image of shape {array.shape}.')
+  if array.dtype != np.uint8:
+    low, high = int(array.min()), int(array.max())
+    if low < 0 or high > 65535:
+      raise ImageError(f'{name}: pixel values {low}..{high} fit neither 8 '
+                       'nor 16 bits.')
+    if array.dtype.itemsize > 1 and high > 255:
+      notes.append('16-bit image scaled to 8 bits')
+      array = np.round(array.astype(np.float64) / 257.0)
+    array = array.astype(np.uint8)
+  return np.ascontiguousarray(array), notes
 
 
 def read_label_png(path: str) -> np.ndarray:
@@ -87,12 +183,13 @@ def read_label_png(path: str) -> np.ndarray:
   Palette ('P') PNGs, as in VOC's SegmentationClass, store the class index
   per pixel and the colours only in the palette, so the indices are read
   directly, never through the colours. Grayscale ('L') PNGs store the index
-  as the grey value.
+  as the grey value; 16-bit grayscale ones too, if every value fits 0..255
+  (larger values are refused, never wrapped).
   """
   with _open_image(path) as image:
     if image.mode in ('P', 'L'):
       return np.array(image)
-    if image.mode in ('I', 'I;16'):
+    if image.mode in _SIXTEEN_BIT_MODES:
       label = np.asarray(image)
       if label.min() < 0 or label.max() > 255:
         raise DataError(f'{path}: label values {label.min()}..{label.max()} do '
@@ -137,6 +234,12 @@ def decode_image_bytes(data: bytes, name: str) -> np.ndarray:
     return np.asarray(image.convert('RGB'))
 
 
+def image_bytes_mode(data: bytes, name: str) -> str:
+  """PIL's mode ('RGB', 'L', 'P', ...) of an encoded image."""
+  with _open_image(io.BytesIO(data), name) as image:
+    return image.mode
+
+
 def encode_png(array: np.ndarray) -> bytes:
   """Lossless grayscale PNG of a (H, W) uint8 array."""
   buffer = io.BytesIO()
@@ -144,20 +247,23 @@ def encode_png(array: np.ndarray) -> bytes:
   return buffer.getvalue()
 
 
-def _open_image(path_or_file, name: str | None = None) -> Image.Image:
+def _open_image(path_or_file, name: str | None = None, error=DataError,
+                unreadable: str = 'unreadable or truncated image'
+                ) -> Image.Image:
+  """Opens and decodes an image, size-checked first; failures are `error`."""
   name = name or path_or_file
   if isinstance(path_or_file, str) and not os.path.isfile(path_or_file):
-    raise DataError(f'{name}: file not found.')
+    raise error(f'{name}: file not found.')
   try:
     image = Image.open(path_or_file)
-    check_image_size(image, name)
+    _check_image_size(image, name, error)
     image.load()  # Decode now, so truncated files fail here.
-  except DataError:
+  except error:
     raise
   except Image.DecompressionBombError as e:
-    raise bomb_error(e, name) from None
-  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-    raise DataError(f'{name}: unreadable or truncated image ({e}).') from None
+    raise _bomb_error(e, name, error) from None
+  except (OSError, SyntaxError, ValueError) as e:
+    raise error(f'{name}: {unreadable} ({e}).') from None
   return image
 
 

@@ -101,20 +101,14 @@ def _examples(source: voc.VOCLayoutSource):
     example = source[index]  # Decodes and validates image and label.
     with open(source.image_path(image_id), 'rb') as f:
       image_bytes = f.read()
-    if example['image'].shape[2] != 3 or _is_not_rgb(image_bytes):
+    if (example['image'].shape[2] != 3 or
+        decode.image_bytes_mode(image_bytes, image_id) != 'RGB'):
       image_bytes = _rgb_png(example['image'])
     yield image_id, {
         'image': image_bytes,
         'segmentation_mask': decode.encode_png(example['label']),
         'image_id': image_id,
     }
-
-
-def _is_not_rgb(image_bytes: bytes) -> bool:
-  import io  # pylint: disable=g-import-not-at-top
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  with Image.open(io.BytesIO(image_bytes)) as image:
-    return image.mode != 'RGB'
 
 
 def _rgb_png(image: np.ndarray) -> bytes:
