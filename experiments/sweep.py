@@ -231,19 +231,24 @@ def final_step(run_dir: str) -> int | None:
 
 def last_val_step(run_dir: str) -> int | None:
   """The last step with a validation record in metrics.jsonl."""
-  path = os.path.join(run_dir, METRICS_FILE)
-  if not os.path.exists(path):
-    return None
   step = None
+  for _, record in metrics_records(os.path.join(run_dir, METRICS_FILE)):
+    if record.get('split') == 'val':
+      step = record['step']
+  return step
+
+
+def metrics_records(path: str) -> Iterable[tuple[str, dict]]:
+  """(line, record) of every whole line of a metrics.jsonl (none if absent;
+  a line cut short by a kill is skipped)."""
+  if not os.path.exists(path):
+    return
   with open(path) as f:
     for line in f:
       try:
-        record = json.loads(line)
-      except ValueError:  # A line cut short by a kill.
+        yield line, json.loads(line)
+      except ValueError:
         continue
-      if record.get('split') == 'val':
-        step = record['step']
-  return step
 
 
 def is_finished(run_dir: str, overrides: dict[str, Any] | None = None,
@@ -343,15 +348,8 @@ def write_seed_views(group_dir: str, seed_dirs: Sequence[str],
   its own: config.json, dataset_info.json, its metrics, a link to the
   checkpoints, sweep_run.json."""
   records = collections.defaultdict(list)
-  path = os.path.join(group_dir, METRICS_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        try:
-          record = json.loads(line)
-        except ValueError:  # A line cut short by a kill.
-          continue
-        records[record.get(SEED_KEY)].append(line.rstrip('\n') + '\n')
+  for line, record in metrics_records(os.path.join(group_dir, METRICS_FILE)):
+    records[record.get(SEED_KEY)].append(line.rstrip('\n') + '\n')
   for seed_dir, seed, run_overrides in zip(seed_dirs, seeds, overrides):
     os.makedirs(seed_dir, exist_ok=True)
     for name in ('config.json', 'dataset_info.json'):

@@ -1,22 +1,31 @@
-"""Many seeds in one compiled program: independent runs vmapped together.
+"""Many seeds in one program: independent runs trained together.
 
     python -m fcn_jax.main --workdir=runs/fcn8s_seeds --config.seeds=0,1,2,3
     python -m fcn_jax.main --workdir=runs/fcn8s_seeds --config.seeds=4
 
 trains one independent model per seed in one process, with one compiled
-train step: `jax.vmap` over the parameters, the optimizer state, the dropout
-keys and the batches. Every seed reads the batches it would read alone (its
-own shuffled order and augmentation, `input_pipeline.train_dataset` with
-config.seed = that seed), starts from the parameters `train.create_train_state`
-gives that seed, and takes the same updates, so each seed's parameters equal
-those of a separate run with `--config.seed=<seed>` to float tolerance.
+train step. Every seed reads the batches it would read alone (its own
+shuffled order and augmentation, `input_pipeline.train_dataset` with
+config.seed = that seed), starts from the parameters
+`train.create_train_state` gives that seed, and takes the same updates, so
+each seed's parameters equal those of a separate run with
+`--config.seed=<seed>`.
+
+How the seeds share the step (`program_kind`): on accelerators one
+`jax.vmap`ped step over the parameters, the optimizer state, the dropout
+keys and the batches ('vmap', equal to separate runs to float tolerance); on
+CPU the ordinary train step, compiled once and applied to each seed in turn
+('loop', equal bit for bit, and faster there than the vmapped step, whose
+convolutions XLA:CPU runs as slow grouped convolutions).
 
 The stacked train state (a leading seed axis on every array) is one
 checkpoint; the best checkpoint is ranked by the mean over seeds of the
 validation mean IU. metrics.jsonl gets one record per seed per logged step,
-with a 'seed' key. The batches of all seeds form one (seeds, batch, ...)
-array whose batch axis is split over the 'data' mesh axis, so the seed axis
-combines with data parallelism (every device runs every seed on its slice).
+with a 'seed' key. With 'vmap' the batches of all seeds form one (seeds,
+batch, ...) array whose batch axis is split over the 'data' mesh axis, so
+the seed axis combines with data parallelism (every device runs every seed
+on its slice); with 'loop' each seed's step is the ordinary data-parallel
+one.
 
 `params_of_seed` picks one seed's parameters out of such a checkpoint for
 evaluate / predict / export (`--seed=K`; by default the seed with the best
@@ -373,12 +382,8 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
     faults.after_step(step)
     if step == start_step + 1:
       timer = (time.time(), step)
-    is_last = step == config.num_train_steps
-    log_now = step % config.log_every_steps == 0 or is_last
-    evaluated = step % config.eval_every_steps == 0 or is_last
-    save_now = step % config.checkpoint_every_steps == 0 or is_last
-    signum = stop.agreed_signum(
-        step, config.preemption_check_every_steps)
+    log_now, evaluated, save_now = _due(config, step)
+    signum = stop.agreed_signum(step, config.preemption_check_every_steps)
     if log_now or evaluated or save_now or signum:
       for fetched_step, fetched, _ in window.fetch():
         fetched = program.to_host_metrics(fetched)
@@ -426,6 +431,14 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
   return dict(seed_scores[best], step=step,
               best_checkpoint=best_path, seeds=seeds, best_seed=seeds[best],
               seed_mean_iu=[s['mean_iu'] for s in seed_scores])
+
+
+def _due(config, step: int) -> tuple[bool, bool, bool]:
+  """Whether `step` logs, evaluates and saves (each every ..._every_steps
+  steps, and all three at the last step)."""
+  return tuple(step % every == 0 or step == config.num_train_steps
+               for every in (config.log_every_steps, config.eval_every_steps,
+                             config.checkpoint_every_steps))
 
 
 def _ranking(seed_scores: Sequence[dict]) -> dict:
