@@ -26,6 +26,7 @@ from absl import flags
 from jax import lax
 
 from fcn_jax import fast_ops
+from fcn_jax import layers
 from fcn_jax import models
 
 _BATCHES = flags.DEFINE_list('batches', ['1', '8'], 'Batch sizes.')
@@ -73,7 +74,7 @@ def _plain_conv(x, k, padding):
 def layer_functions(layer: dict):
   """(fast, plain) jitted functions: inputs -> gradients of a fixed loss."""
   if layer['kind'] == 'pool':
-    fast_fn, plain_fn = fast_ops.max_pool_2x2_ceil, models.max_pool_ceil
+    fast_fn, plain_fn = fast_ops.max_pool_2x2_ceil, layers.max_pool_ceil
 
     def make(op):
       return jax.jit(jax.grad(lambda x, g: jnp.vdot(op(x), g)))
@@ -95,7 +96,7 @@ def layer_inputs(layer: dict, batch: int, key):
   kx, kk, kg = jax.random.split(key, 3)
   x = jax.random.normal(kx, (batch,) + layer['shape'], jnp.float32)
   if layer['kind'] == 'pool':
-    y = jax.eval_shape(models.max_pool_ceil, x)
+    y = jax.eval_shape(layers.max_pool_ceil, x)
     return x, jax.random.normal(kg, y.shape, jnp.float32)
   k = jax.random.normal(kk, layer['kernel'], jnp.float32) * 0.05
   y = jax.eval_shape(lambda a, b: _plain_conv(a, b, layer['padding']), x, k)

@@ -78,7 +78,7 @@ def geometry(tiny: bool) -> dict:
 
 
 # ----------------------------------------------------------------------------
-# Transposed-convolution implementations (models.conv_transpose's contract).
+# Transposed-convolution implementations (layers.conv_transpose's contract).
 
 
 def conv_transpose_lhs_dilated(x, kernel, stride: int, depthwise: bool = False):
@@ -150,12 +150,12 @@ def variant_specs() -> dict[str, dict]:
 
 @contextlib.contextmanager
 def variant_context(spec: dict):
-  """Patches models' ops and sets the matmul precision while inside."""
+  """Patches the layers' ops and sets the matmul precision while inside."""
   import jax  # pylint: disable=g-import-not-at-top
-  from fcn_jax import models  # pylint: disable=g-import-not-at-top
+  from fcn_jax import layers  # pylint: disable=g-import-not-at-top
   with contextlib.ExitStack() as stack:
     for name, replacement in spec.get('patch', {}).items():
-      stack.enter_context(mock.patch.object(models, name, replacement))
+      stack.enter_context(mock.patch.object(layers, name, replacement))
     if spec.get('precision'):
       stack.enter_context(jax.default_matmul_precision(spec['precision']))
     yield

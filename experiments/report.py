@@ -106,14 +106,15 @@ def load_runs(sweep_dir: str) -> list[Run]:
   for entry in sweep['runs']:
     run_dir = os.path.join(sweep_dir, entry['name'])
     record = sweep_lib.read_json(os.path.join(run_dir, 'sweep_run.json')) or {}
-    config = sweep_lib.read_json(os.path.join(run_dir, 'config.json')) or {}
+    config_record = sweep_lib.read_json(
+        os.path.join(run_dir, 'config.json')) or {}
     records = read_records(os.path.join(run_dir, 'metrics.jsonl'))
     runs.append(Run(
         name=entry['name'], setting=entry['setting'],
         seed=entry['overrides'].get('seed'),
         status=record.get('status', 'not started'),
         wall_s=record.get('wall_s', math.nan),
-        final_step=config.get('num_train_steps'),
+        final_step=config_record.get('num_train_steps'),
         val=records.get('val', []), train=records.get('train', []),
         log=os.path.join(run_dir, 'log.txt'), dir=run_dir))
   return runs
@@ -121,12 +122,13 @@ def load_runs(sweep_dir: str) -> list[Run]:
 
 def load_workdir(workdir: str) -> Run:
   """One training workdir of `python -m fcn_jax.main` as a run."""
-  config = sweep_lib.read_json(os.path.join(workdir, 'config.json')) or {}
+  config_record = sweep_lib.read_json(
+      os.path.join(workdir, 'config.json')) or {}
   records = read_records(os.path.join(workdir, 'metrics.jsonl'))
   name = os.path.basename(os.path.normpath(os.path.abspath(workdir)))
-  val, final_step = records.get('val', []), config.get('num_train_steps')
+  val, final_step = records.get('val', []), config_record.get('num_train_steps')
   finished = bool(val) and val[-1]['step'] == final_step
-  return Run(name=name, setting=name, seed=config.get('seed'),
+  return Run(name=name, setting=name, seed=config_record.get('seed'),
              status='done' if finished else 'running', final_step=final_step,
              val=val, train=records.get('train', []), dir=workdir)
 
@@ -139,9 +141,9 @@ def class_names(sweep_dir: str, runs: Sequence[Run],
     info = sweep_lib.read_json(os.path.join(run_dir, 'dataset_info.json'))
     if info and len(info.get('class_names', ())) == num_classes:
       return list(info['class_names'])
-    config = sweep_lib.read_json(os.path.join(run_dir, 'config.json'))
-    if config and config.get('dataset') == 'synthetic':
-      from fcn_jax import synthetic  # numpy only: cheap to import.
+    config_record = sweep_lib.read_json(os.path.join(run_dir, 'config.json'))
+    if config_record and config_record.get('dataset') == 'synthetic':
+      from fcn_jax.data import synthetic  # numpy only: cheap to import.
       if len(synthetic.CLASS_NAMES) == num_classes:
         return list(synthetic.CLASS_NAMES)
   return [f'class {i}' for i in range(num_classes)]

@@ -209,8 +209,8 @@ def _write_json(path: str, data: dict) -> None:
 
 def final_step(run_dir: str) -> int | None:
   """num_train_steps from the run's resolved config.json (None if absent)."""
-  config = read_json(os.path.join(run_dir, 'config.json'))
-  return None if config is None else config.get('num_train_steps')
+  config_record = read_json(os.path.join(run_dir, 'config.json'))
+  return None if config_record is None else config_record.get('num_train_steps')
 
 
 def last_val_step(run_dir: str) -> int | None:

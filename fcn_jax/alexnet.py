@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fcn_jax import layers
 from fcn_jax import models
 
 # (name, output channels, kernel, stride, padding, groups); conv1's padding
@@ -51,13 +52,13 @@ def even_channels(channels: int, width: float) -> int:
 
 def trunk_geometry(input_padding: int = INPUT_PADDING, fc6_padding: int = 0):
   """(kernel, stride, padding) of every layer from the input to fc7."""
-  layers = []
+  geometry = []
   for name, _, kernel, stride, pad, _ in CONVS:
-    layers.append((kernel, stride, input_padding if pad is None else pad))
+    geometry.append((kernel, stride, input_padding if pad is None else pad))
     if name in POOLED:
-      layers.append((POOL_SIZE, POOL_STRIDE, 0))
-  layers += [(FC6_KERNEL, 1, fc6_padding), (1, 1, 0)]
-  return layers
+      geometry.append((POOL_SIZE, POOL_STRIDE, 0))
+  geometry += [(FC6_KERNEL, 1, fc6_padding), (1, 1, 0)]
+  return geometry
 
 
 def final_crop(input_padding: int = INPUT_PADDING, fc6_padding: int = 0) -> int:
@@ -141,9 +142,9 @@ class FCNAlexNet(models.StrictParams, nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
     """Maps (N, H, W, 3) mean-subtracted BGR images to (N, H, W, C) logits."""
-    if self.upsampling_init not in models.UPSAMPLING_INITS:
+    if self.upsampling_init not in layers.UPSAMPLING_INITS:
       raise ValueError(f'Unknown upsampling_init {self.upsampling_init!r}; '
-                       f'expected one of {models.UPSAMPLING_INITS}.')
+                       f'expected one of {layers.UPSAMPLING_INITS}.')
     if self.upsampling_init == 'random' and not self.learn_upsampling:
       raise ValueError("upsampling_init='random' needs learn_upsampling=True.")
     crop = final_crop(self.input_padding, self.fc6_padding)
@@ -168,11 +169,11 @@ class FCNAlexNet(models.StrictParams, nn.Module):
     # constant filler).
     score = nn.Conv(self.num_classes, (1, 1), kernel_init=nn.initializers.zeros,
                     dtype=self.dtype, name='score_fr')(x)
-    score = models.Upsample(self.num_classes, UPSCORE_STRIDE,
+    score = layers.Upsample(self.num_classes, UPSCORE_STRIDE,
                             self.learn_upsampling, self.dtype,
                             self.upsampling_init, kernel_size=UPSCORE_KERNEL,
                             name='upscore')(score)
-    score = models.crop_like(score, crop, height, width)
+    score = layers.crop_like(score, crop, height, width)
     if score.shape[1:3] != (height, width):
       raise ValueError(
           f'A {height}x{width} input is too small for input_padding='

@@ -244,6 +244,7 @@ def build_torch_fcn8s(torch, width: float, num_classes: int = NUM_CLASSES,
   Parameter names follow fcn_jax's (conv1_1 ... score_pool3); the frozen
   bilinear upsampling is a per-channel transposed convolution, as in fcn_jax.
   """
+  from fcn_jax import layers  # pylint: disable=g-import-not-at-top
   from fcn_jax import models  # pylint: disable=g-import-not-at-top
   nn, F = torch.nn, torch.nn.functional
   ch = lambda c: models.scaled_channels(c, width)
@@ -271,7 +272,7 @@ def build_torch_fcn8s(torch, width: float, num_classes: int = NUM_CLASSES,
       self.layers['score_pool3'] = nn.Conv2d(ch(256), num_classes, 1)
       self.drop = nn.Dropout(dropout)
       for factor in (2, 8):
-        k1 = torch.tensor(models.bilinear_kernel_1d(2 * factor),
+        k1 = torch.tensor(layers.bilinear_kernel_1d(2 * factor),
                           dtype=torch.float32)
         kernel = torch.outer(k1, k1)[None, None].repeat(num_classes, 1, 1, 1)
         self.register_buffer(f'bilinear{factor}', kernel)

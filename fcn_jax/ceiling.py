@@ -204,7 +204,7 @@ def run(config, strides: Sequence[int], split: str = 'val',
     raise ValueError(f'{info.name}/{split}: the split holds no images.')
   label_maps = (source[i]['label'] for i in range(total))
   results = stride_ceiling(label_maps, strides, info.num_classes, downsample)
-  split_name = (config.get(f'{split}_split', '') or split)
+  split_name = config[f'{split}_split'] or split
   print(f'Output-stride ceiling on {info.name}/{split_name} ({total} images, '
         f'{info.num_classes} classes, downsampling: block {downsample}, '
         'upsampling: nearest), percent:')

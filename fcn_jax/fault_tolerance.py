@@ -194,10 +194,10 @@ def check_resume_config(config, workdir: str, allow_change: bool) -> None:
     raise ConfigError(f'{path} holds a {type(saved).__name__}, not a config '
                       'object; it describes the checkpoints in this workdir.')
   changed = [k for k in RESUME_KEYS
-             if k in saved and saved[k] != config.get(k)]
+             if k in saved and saved[k] != config[k]]
   if not changed:
     return
-  diff = ', '.join(f'{k}: {saved[k]!r} -> {config.get(k)!r}' for k in changed)
+  diff = ', '.join(f'{k}: {saved[k]!r} -> {config[k]!r}' for k in changed)
   if allow_change:
     logging.warning('Resuming %s with a changed config (%s), as '
                     'config.allow_config_change asks.', workdir, diff)

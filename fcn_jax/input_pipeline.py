@@ -35,12 +35,12 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from fcn_jax import synthetic
 from fcn_jax.data import decode
 from fcn_jax.data import nyud
 from fcn_jax.data import pascal_context
 from fcn_jax.data import sbd
 from fcn_jax.data import siftflow
+from fcn_jax.data import synthetic
 from fcn_jax.data import tfds_sources
 from fcn_jax.data import voc
 from fcn_jax.metrics import IGNORE_INDEX
@@ -137,19 +137,18 @@ def create_datasets(config: ml_collections.ConfigDict):
     fcn_jax.data.decode.DataError (a ValueError): for missing or bad files,
       naming the file.
   """
-  decode.set_max_image_pixels(
-      config.get('max_image_pixels', decode.DEFAULT_MAX_IMAGE_PIXELS))
+  decode.set_max_image_pixels(config.max_image_pixels)
   name = config.dataset
   if not is_known_dataset(name):
     raise ValueError(f'config.dataset={name!r}: unknown dataset; expected one '
                      f'of {DATASETS}.')
   if name == 'synthetic':
     return _synthetic_datasets(config)
-  skip_bad = bool(config.get('skip_bad_examples', False))
-  train_split = config.get('train_split', '')
-  val_split = config.get('val_split', '')
+  skip_bad = bool(config.skip_bad_examples)
+  train_split = config.train_split
+  val_split = config.val_split
   if name == 'voc':
-    root = voc.find_voc_root(config.data_dir, (config.get('voc_year', '2012'),))
+    root = voc.find_voc_root(config.data_dir, (config.voc_year,))
     class_names = voc.VOC_CLASS_NAMES
     train = voc.VOCLayoutSource(root, train_split or 'train', len(class_names),
                                 skip_bad=skip_bad)
@@ -166,7 +165,7 @@ def create_datasets(config: ml_collections.ConfigDict):
   else:
     train, val, class_names = tfds_sources.tfds_datasets(
         name[len(tfds_sources.PREFIX):], config.data_dir, config.num_classes,
-        train_split, val_split, config.get('val_dataset', ''), skip_bad)
+        train_split, val_split, config.val_dataset, skip_bad)
   info = DatasetInfo(
       name=name, num_classes=len(class_names), class_names=tuple(class_names),
       palette=voc_palette(len(class_names)), train_size=len(train),
@@ -180,10 +179,10 @@ BEYOND_VOC = ('nyud', 'siftflow', 'pascal_context')
 def _beyond_voc_datasets(config, skip_bad):
   """NYUDv2, SIFT Flow or PASCAL-Context (fcn_jax/data/<name>.py)."""
   name, data_dir = config.dataset, config.data_dir
-  splits = (config.get('train_split', ''), config.get('val_split', ''))
+  splits = (config.train_split, config.val_split)
   extra = {}
   if name == 'nyud':
-    train, val = nyud.nyud_datasets(data_dir, config.get('nyud_input', 'color'),
+    train, val = nyud.nyud_datasets(data_dir, config.nyud_input,
                                     *splits, skip_bad)
     class_names = nyud.class_names()
   elif name == 'siftflow':
@@ -237,19 +236,18 @@ def _voc_dir_datasets(config, train_split, val_split, skip_bad):
 def batching_options(config: ml_collections.ConfigDict,
                      info: DatasetInfo) -> dict:
   """Padding options of train_dataset/eval_batches for `config`."""
-  return {'pad_multiple': (config.get('pad_multiple', 32)
+  return {'pad_multiple': (config.pad_multiple
                            if info.variable_size else 1),
-          'pad_size': config.get('pad_size', 0)}
+          'pad_size': config.pad_size}
 
 
 def train_dataset_from_config(source, config: ml_collections.ConfigDict,
                               info: DatasetInfo) -> grain.MapDataset:
   """`train_dataset` with the crop, padding and augmentation of `config`."""
-  scale = (config.get('random_scale_min', 1.0),
-           config.get('random_scale_max', 1.0))
+  scale = (config.random_scale_min, config.random_scale_max)
   crop = config.image_size if info.variable_size else 0
   return train_dataset(source, config.batch_size, config.seed,
-                       augment=config.get('random_flip', True),
+                       augment=config.random_flip,
                        crop_size=crop, scale_range=scale,
                        **batching_options(config, info))
 
@@ -306,7 +304,7 @@ def num_data_workers(config: ml_collections.ConfigDict,
   it between processes), else half the CPU cores, at most 8, leaving the rest
   to the training step.
   """
-  workers = config.get('data_workers', -1)
+  workers = config.data_workers
   if workers >= 0:
     return workers
   if not info.variable_size:

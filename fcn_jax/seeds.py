@@ -56,7 +56,11 @@ def seed_list(config: ml_collections.ConfigDict) -> list[int] | None:
   '0,1,2,3' (or '5,' for the single seed 5) lists seeds; a lone number
   '4' is a count, seeds 0..3.
   """
-  text = str(config.get('seeds', '') or '').strip()
+  return _parse_seeds(config.seeds)
+
+
+def _parse_seeds(seeds: str | int) -> list[int] | None:
+  text = str(seeds or '').strip()
   if not text:
     return None
   try:
@@ -117,8 +121,8 @@ def compile_seed_steps(config, mesh):
   replicated = sharding.replicated(mesh)
   step = functools.partial(
       train.train_step, loss_normalization=config.loss_normalization,
-      skip_nonfinite=config.get('skip_nonfinite', False),
-      grad_accum_steps=config.get('grad_accum_steps', 1),
+      skip_nonfinite=config.skip_nonfinite,
+      grad_accum_steps=config.grad_accum_steps,
       # The micro-batch sharding constraint is for unbatched arrays; XLA
       # propagates the batch sharding through the vmapped scan anyway.
       micro_batch_sharding=None)
@@ -128,7 +132,7 @@ def compile_seed_steps(config, mesh):
       out_shardings=(replicated, replicated), donate_argnums=0)
   p_eval_step = jax.jit(
       jax.vmap(functools.partial(
-          train.eval_step, boundary_radius=config.get('boundary_radius', 0)),
+          train.eval_step, boundary_radius=config.boundary_radius),
                in_axes=(0, 0, None)),
       in_shardings=(replicated, replicated, sharding.data_sharded(mesh)),
       out_shardings=replicated, donate_argnums=1)
@@ -196,7 +200,7 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
     state = restored
     logging.info('Resumed %d seeds from step %d.', len(seeds),
                  int(state.step[0]))
-  elif config.get('init_from'):
+  elif config.init_from:
     params = [train.convert.init_from(jax.tree.map(lambda x: x[k],
                                                    state.params),
                                       config.init_from)
@@ -217,7 +221,7 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
   def run_eval(step):
     seed_scores = evaluate_seeds(
         p_eval_step, state, val_source, eval_batch_size, num_classes,
-        len(seeds), mesh, config.get('boundary_radius', 0), **batching)
+        len(seeds), mesh, config.boundary_radius, **batching)
     for seed, scores in zip(seeds, seed_scores):
       writer.write(step, 'val', dict(scores, seed=seed))
     logging.info('Eval at step %d: mean IU per seed %s', step,
@@ -257,7 +261,7 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
       checkpointing.save(manager, step, state,
                          _ranking(seed_scores) if evaluated else None)
     signum = stop.agreed_signum(
-        step, config.get('preemption_check_every_steps', 10))
+        step, config.preemption_check_every_steps)
     if signum:
       checkpointing.save(manager, step, state)
       checkpointing.wait_until_saved(manager)
@@ -288,7 +292,7 @@ def _ranking(seed_scores: Sequence[dict]) -> dict:
 def _check_finite(config, manager, step, seeds, step_metrics) -> None:
   finite = np.isfinite(step_metrics['loss']) & np.isfinite(
       step_metrics['grad_norm'])
-  if finite.all() or config.get('skip_nonfinite', False):
+  if finite.all() or config.skip_nonfinite:
     return
   bad = [s for s, ok in zip(seeds, finite) if not ok]
   checkpointing.wait_until_saved(manager)
@@ -303,7 +307,10 @@ def _check_same_seeds(workdir: str, seeds: Sequence[int]) -> None:
   """Refuses to resume a workdir trained with other seeds."""
   try:
     with open(os.path.join(workdir, 'config.json')) as f:
-      saved = seed_list(ml_collections.ConfigDict(json.load(f)))
+      record = json.load(f)
+    # A config.json without the key predates many-seeds runs: one seed.
+    saved = (_parse_seeds(record.get('seeds', ''))
+             if isinstance(record, dict) else None)
   except (OSError, ValueError):
     return
   if saved is not None and list(saved) != list(seeds):
@@ -361,9 +368,9 @@ def params_of_seed(params, config: ml_collections.ConfigDict,
   """
   seeds = seed_list(config)
   if seeds is None:
-    if seed is not None and seed != config.get('seed', 0):
+    if seed is not None and seed != config.seed:
       raise ConfigError(f'--seed={seed}: this run trained one model, with '
-                        f'config.seed={config.get("seed", 0)}.')
+                        f'config.seed={config.seed}.')
     return params, ''
   if seed is not None:
     if seed not in seeds:

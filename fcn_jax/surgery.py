@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from fcn_jax import layers
 from fcn_jax import models
 from fcn_jax import pth
 
@@ -88,7 +89,7 @@ def conv_transpose_kernel(weight) -> np.ndarray:
   """torch ConvTranspose2d weight (in, out, kh, kw) -> (kh, kw, in, out).
 
   torch computes out[o, i*s+a, j*s+b] += x[c, i, j] * w[c, o, a, b];
-  `models.conv_transpose` computes the same with kernel[a, b, c, o]: a pure
+  `layers.conv_transpose` computes the same with kernel[a, b, c, o]: a pure
   transpose, no spatial flip.
   """
   weight = pth.to_numpy(weight)
@@ -221,7 +222,7 @@ def is_bilinear(kernel: np.ndarray, atol: float = 1e-6) -> bool:
   size, channels = kernel.shape[0], kernel.shape[2]
   if kernel.shape != (size, size, channels, channels):
     return False
-  return np.allclose(kernel, models.bilinear_kernel(size, channels), atol=atol)
+  return np.allclose(kernel, layers.bilinear_kernel(size, channels), atol=atol)
 
 
 def guess_torchfcn_variant(state_dict: Mapping[str, Any]) -> str:

@@ -36,8 +36,8 @@ GEO_PREFIX = 'geo_'
 
 def input_mode(config: ml_collections.ConfigDict) -> str:
   """'color' except for NYUDv2, where config.nyud_input says."""
-  if config.get('dataset') == 'nyud':
-    return config.get('nyud_input', 'color')
+  if config.dataset == 'nyud':
+    return config.nyud_input
   return 'color'
 
 
@@ -49,13 +49,13 @@ def input_channels(config: ml_collections.ConfigDict) -> int:
 def config_errors(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
   """(key, message) for settings these datasets cannot use."""
   errors = []
-  special = (config.get('dataset') == 'siftflow' or input_mode(config) in
+  special = (config.dataset == 'siftflow' or input_mode(config) in
              ('color-d', 'color-hha'))
-  if special and config.get('model') not in models.VARIANTS:
+  if special and config.model not in models.VARIANTS:
     errors.append(('model', f'this {config.dataset} model is built on VGG16: '
                    f'expected one of {models.VARIANTS}'))
-  if config.get('dataset') == 'nyud':
-    if config.get('nyud_input', 'color') not in nyud.INPUTS:
+  if config.dataset == 'nyud':
+    if config.nyud_input not in nyud.INPUTS:
       errors.append(('nyud_input', f'expected one of {nyud.INPUTS}'))
     elif (config.nyud_input == 'color-hha'
           and config.model not in LATE_FUSION_VARIANTS):
@@ -68,7 +68,7 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int,
                  **kwargs) -> models.FCN:
   """The model of `config`; `kwargs` are FCN's options (width, dtype, ...)."""
   mode = input_mode(config)
-  if config.get('dataset') == 'siftflow':
+  if config.dataset == 'siftflow':
     heads = ((SIFTFLOW_HEADS[0][0], num_classes, SIFTFLOW_HEADS[0][1]),
              (SIFTFLOW_HEADS[1][0], siftflow.NUM_GEO_CLASSES,
               SIFTFLOW_HEADS[1][1]))
@@ -177,7 +177,7 @@ def init_from(params, config: ml_collections.ConfigDict):
   """
   mode = input_mode(config)
   if mode != 'color-d' and not (mode == 'color-hha'
-                                and config.get('init_from_hha')):
+                                and config.init_from_hha):
     return convert.init_from(params, config.init_from)
   if mode == 'color-d':
     source, _ = convert.load_params(config.init_from)
@@ -214,12 +214,12 @@ def shipped_class_names(dataset: str) -> tuple[str, ...] | None:
 def uses_model_input(config: ml_collections.ConfigDict) -> bool:
   """Whether the model reads `model_input` instead of one RGB photo with the
   ImageNet mean (NYUDv2, SIFT Flow: other means, modalities or heads)."""
-  return config.get('dataset') in ('nyud', 'siftflow')
+  return config.dataset in ('nyud', 'siftflow')
 
 
 def extra_modalities(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """Modalities besides the colour photo the model needs ('hha', 'depth')."""
-  if config.get('dataset') != 'nyud':
+  if config.dataset != 'nyud':
     return ()
   return tuple(m for m in nyud.MODALITIES[input_mode(config)] if m != 'color')
 
@@ -229,7 +229,7 @@ def model_input(config: ml_collections.ConfigDict, rgb: np.ndarray,
   """The preprocessed (H, W, C) float32 input of one image, as the training
   data source makes it: `rgb` is the (H, W, 3) uint8 photo, `extras` the
   arrays of `extra_modalities` ('hha': (H, W, 3) uint8, 'depth': (H, W))."""
-  if config.get('dataset') == 'siftflow':
+  if config.dataset == 'siftflow':
     return siftflow.preprocess_image(rgb)
   return nyud.preprocess_inputs(input_mode(config), color=rgb,
                                 **(extras or {}))
@@ -239,6 +239,6 @@ def head_class_names(config: ml_collections.ConfigDict,
                      class_names: tuple[str, ...]) -> dict[str, tuple]:
   """{label key: class names} of every head of the model of `config`."""
   names = {'label': tuple(class_names)}
-  if config.get('dataset') == 'siftflow':
+  if config.dataset == 'siftflow':
     names['geo_label'] = siftflow.geo_class_names()
   return names

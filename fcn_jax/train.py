@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import signal
 import time
 from typing import Any
 
-import flax
 import grain
 import jax
 import jax.numpy as jnp
@@ -27,6 +25,7 @@ from absl import logging
 from flax.training import train_state
 
 from fcn_jax import checkpointing
+from fcn_jax import config_checks
 from fcn_jax import convert
 from fcn_jax import dataset_info
 from fcn_jax import fault_tolerance
@@ -34,17 +33,12 @@ from fcn_jax import input_pipeline
 from fcn_jax import losses
 from fcn_jax import metrics as metrics_lib
 from fcn_jax import models
+from fcn_jax import optimizer
 from fcn_jax import prefetch
 from fcn_jax import sharding
 from fcn_jax import summaries
 from fcn_jax import tasks
 from fcn_jax import writers
-
-OPTIMIZERS = ('sgd', 'adam', 'adamw')
-LR_SCHEDULES = ('constant', 'cosine', 'poly')
-
-
-ConfigError = fault_tolerance.ConfigError
 
 
 class TrainState(train_state.TrainState):
@@ -54,134 +48,6 @@ class TrainState(train_state.TrainState):
   loss or gradient (config.skip_nonfinite); it is checkpointed with the rest.
   """
   skipped_updates: jax.Array | int = 0
-
-
-def validate_config(config: ml_collections.ConfigDict,
-                    num_devices: int | None = None) -> None:
-  """One-line errors for bad config values, before anything is compiled.
-
-  Args:
-    config: the training config.
-    num_devices: devices the global batch is split over (default: all).
-
-  Raises:
-    ConfigError (a ValueError): naming the key, its value and what is wrong.
-  """
-  def check(ok, key, message):
-    if not ok:
-      raise ConfigError(f'config.{key}={config[key]!r}: {message}')
-  check(config.model in models.MODELS, 'model',
-        f'expected one of {models.MODELS}')
-  check(input_pipeline.is_known_dataset(config.dataset), 'dataset',
-        f'expected one of {input_pipeline.DATASETS}')
-  check(config.optimizer in OPTIMIZERS, 'optimizer',
-        f'expected one of {OPTIMIZERS}')
-  check(config.lr_schedule in LR_SCHEDULES, 'lr_schedule',
-        f'expected one of {LR_SCHEDULES}')
-  check(config.loss_normalization in losses.NORMALIZATIONS,
-        'loss_normalization', f'expected one of {losses.NORMALIZATIONS}')
-  check(config.num_train_steps > 0, 'num_train_steps', 'must be positive')
-  check(config.batch_size > 0, 'batch_size', 'must be positive')
-  check(config.width > 0, 'width', 'must be positive')
-  check(config.num_classes == -1 or config.num_classes > 0, 'num_classes',
-        'must be positive, or -1 to take it from the dataset')
-  check(config.image_size >= 0, 'image_size', 'must be >= 0')
-  check(config.dtype in ('float32', 'bfloat16'), 'dtype',
-        "expected 'float32' or 'bfloat16'")
-  check(config.get('fast_ops', 'auto') in models.FAST_OPS_MODES, 'fast_ops',
-        f'expected one of {models.FAST_OPS_MODES}')
-  check(config.get('data_workers', -1) >= -1, 'data_workers',
-        'must be >= 0, or -1 for auto')
-  check(config.get('data_prefetch', 2) > 0, 'data_prefetch', 'must be positive')
-  check(config.get('device_prefetch', 2) > 0, 'device_prefetch',
-        'must be positive')
-  for key in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
-              'keep_checkpoints', 'preemption_check_every_steps'):
-    check(config[key] > 0, key, 'must be positive')
-  for key, message in tasks.config_errors(config):
-    check(False, key, message)
-  num_devices = jax.device_count() if num_devices is None else num_devices
-  check(config.batch_size % num_devices == 0, 'batch_size',
-        f'must be a multiple of the number of devices ({num_devices})')
-  if config.eval_batch_size != -1:
-    check(config.eval_batch_size > 0 and
-          config.eval_batch_size % num_devices == 0, 'eval_batch_size',
-          f'must be -1 or a positive multiple of the number of devices '
-          f'({num_devices})')
-  if 'grad_accum_steps' in config:
-    check(config.grad_accum_steps > 0, 'grad_accum_steps', 'must be positive')
-    micro = config.grad_accum_steps * num_devices
-    check(config.batch_size % micro == 0, 'batch_size',
-          f'must be a multiple of config.grad_accum_steps x devices '
-          f'({config.grad_accum_steps} x {num_devices} = {micro})')
-
-
-def resolve_num_classes(config: ml_collections.ConfigDict,
-                        info: input_pipeline.DatasetInfo) -> int:
-  """config.num_classes, or the dataset's when -1; they must agree."""
-  if config.num_classes == -1:
-    return info.num_classes
-  if config.num_classes != info.num_classes:
-    raise ConfigError(
-        f'config.num_classes={config.num_classes} contradicts dataset '
-        f'{info.name!r}, which has {info.num_classes} classes; use -1 to take '
-        'it from the dataset.')
-  return config.num_classes
-
-
-def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-  decay_steps = max(1, config.num_train_steps - config.warmup_steps)
-  if config.lr_schedule == 'cosine':
-    main = optax.cosine_decay_schedule(config.learning_rate, decay_steps)
-  elif config.lr_schedule == 'poly':
-    # mmsegmentation's default: lr * (1 - t / T) ** power, down to 0.
-    main = optax.polynomial_schedule(config.learning_rate, 0.0,
-                                     config.get('poly_power', 0.9), decay_steps)
-  else:
-    main = optax.constant_schedule(config.learning_rate)
-  if config.warmup_steps <= 0:
-    return main
-  warmup = optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps)
-  return optax.join_schedules([warmup, main], [config.warmup_steps])
-
-
-def _is_decayed_kernel(path, _) -> bool:
-  # Weight decay on convolution kernels only: not on biases (the reference),
-  # nor on the (bilinear) upsampling filters.
-  names = [getattr(k, 'key', str(k)) for k in path]
-  return names[-1] == 'kernel' and not names[0].startswith('upscore')
-
-
-def _is_bias(path, _) -> bool:
-  return getattr(path[-1], 'key', None) == 'bias'
-
-
-def create_optimizer(config: ml_collections.ConfigDict,
-                     params) -> optax.GradientTransformation:
-  """The reference recipe's optimizer, generalized.
-
-  Caffe-style L2 decay is added to the gradient of kernels before the
-  optimizer; biases get `bias_lr_mult` times the learning rate (applied to the
-  final update, which for a fixed multiplier equals scaling their rate).
-  """
-  decay_mask = jax.tree_util.tree_map_with_path(_is_decayed_kernel, params)
-  bias_mask = jax.tree_util.tree_map_with_path(_is_bias, params)
-  schedule = learning_rate_schedule(config)
-  l2_decay = config.weight_decay
-  if config.optimizer == 'sgd':
-    optimizer = optax.sgd(schedule, momentum=config.momentum or None)
-  elif config.optimizer == 'adamw':
-    # Decoupled weight decay (same kernels) instead of the L2 gradient term.
-    optimizer = optax.adamw(schedule, weight_decay=config.weight_decay,
-                            mask=decay_mask)
-    l2_decay = 0.0
-  else:
-    optimizer = optax.adam(schedule)
-  return optax.chain(
-      optax.add_decayed_weights(l2_decay, mask=decay_mask),
-      optimizer,
-      optax.masked(optax.scale(config.bias_lr_mult), bias_mask),
-  )
 
 
 def init_and_dropout_keys(seed: int) -> tuple[jax.Array, jax.Array]:
@@ -201,7 +67,7 @@ def create_train_state(config, model, rng, mesh, image_size: int = 32):
   """Creates the replicated TrainState directly on the mesh's devices."""
   def init(rng):
     params = models.init_params(model, rng, image_size)
-    tx = create_optimizer(config, params)
+    tx = optimizer.create_optimizer(config, params)
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
   abstract = jax.eval_shape(init, rng)
   state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
@@ -337,15 +203,15 @@ def compile_steps(config, mesh):
   p_train_step = jax.jit(
       functools.partial(train_step,
                         loss_normalization=config.loss_normalization,
-                        skip_nonfinite=config.get('skip_nonfinite', False),
-                        grad_accum_steps=config.get('grad_accum_steps', 1),
+                        skip_nonfinite=config.skip_nonfinite,
+                        grad_accum_steps=config.grad_accum_steps,
                         micro_batch_sharding=sharding.micro_batch_sharded(mesh)),
       in_shardings=(replicated, data, replicated),
       out_shardings=(replicated, replicated),
       donate_argnums=0)
   p_eval_step = jax.jit(
       functools.partial(eval_step,
-                        boundary_radius=config.get('boundary_radius', 0)),
+                        boundary_radius=config.boundary_radius),
       in_shardings=(replicated, replicated, data),
       out_shardings=replicated, donate_argnums=1)
   return p_train_step, p_eval_step
@@ -421,7 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     fault_tolerance.NonFiniteError: non-finite loss or gradient.
     fault_tolerance.Interrupted: SIGTERM/SIGINT; a checkpoint was written.
   """
-  validate_config(config)
+  config_checks.validate_config(config)
   os.makedirs(workdir, exist_ok=True)
   # Everything registered on `cleanup` runs on every exit, errors included:
   # above all it waits for an asynchronous checkpoint save to finish.
@@ -444,13 +310,13 @@ def prepare_run(config, workdir: str, mesh, cleanup, check_resume=None):
   Returns (config, eval_batch_size, train_source, val_source, info, manager).
   """
   sharding.check_batch_size(config.batch_size, mesh,
-                            micro_batches=config.get('grad_accum_steps', 1))
+                            micro_batches=config.grad_accum_steps)
   eval_batch_size = (config.batch_size if config.eval_batch_size == -1
                      else config.eval_batch_size)
   sharding.check_batch_size(eval_batch_size, mesh, 'eval_batch_size')
 
   train_source, val_source, info = input_pipeline.create_datasets(config)
-  num_classes = resolve_num_classes(config, info)
+  num_classes = config_checks.resolve_num_classes(config, info)
   config = ml_collections.ConfigDict(config.to_dict())
   config.num_classes = num_classes
 
@@ -458,7 +324,7 @@ def prepare_run(config, workdir: str, mesh, cleanup, check_resume=None):
   cleanup.callback(manager.close)
   if manager.latest_step() is not None:
     fault_tolerance.check_resume_config(
-        config, workdir, config.get('allow_config_change', False))
+        config, workdir, config.allow_config_change)
     if check_resume is not None:
       check_resume()
   if jax.process_index() == 0:
@@ -489,7 +355,7 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
                                                       info)
   num_workers = input_pipeline.num_data_workers(config, info)
   train_iter = input_pipeline.train_iterator(
-      train_ds, num_workers, config.get('data_prefetch', 2))
+      train_ds, num_workers, config.data_prefetch)
   logging.info('Training batches read ahead by %s.',
                f'data worker processes ({num_workers})' if num_workers
                else 'threads of this process')
@@ -503,7 +369,7 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
     if not checkpointing.has_data_state(manager, int(state.step)):
       # Written before checkpoints held the iterator: batch s is ds[s].
       grain.experimental.set_next_index(train_iter, int(state.step))
-  elif config.get('init_from'):
+  elif config.init_from:
     # Fresh run seeded from pretrained weights (VGG16, an earlier stage).
     state = state.replace(params=tasks.init_from(state.params, config))
   start_step = int(state.step)
@@ -511,13 +377,13 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
   p_train_step, p_eval_step = compile_steps(config, mesh)
   writer = writers.MetricWriter(workdir, class_names=info.class_names)
   cleanup.callback(writer.close)
-  schedule = learning_rate_schedule(config)
+  schedule = optimizer.learning_rate_schedule(config)
   summary_examples, predict_fn = _summary_examples(config, val_source, state)
   dropout_rng = sharding.replicate(dropout_rng, mesh)
   faults = fault_tolerance.TestFaults.from_env()
 
   eval_reader = input_pipeline.EvalReader(
-      val_source, eval_batch_size, num_workers, config.get('data_prefetch', 2),
+      val_source, eval_batch_size, num_workers, config.data_prefetch,
       **input_pipeline.batching_options(config, info))
   cleanup.callback(eval_reader.close)
 
@@ -525,7 +391,7 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
     t0 = time.time()
     scores, hist = evaluate(
         p_eval_step, state, val_source, eval_batch_size, num_classes, mesh,
-        config.get('boundary_radius', 0), return_hist=True,
+        config.boundary_radius, return_hist=True,
         extra_heads={k: len(n) for k, n in info.extra_heads},
         present_only=info.present_classes_only, reader=eval_reader)
     logging.info('Eval at step %d (%.1fs): %s', step, time.time() - t0,
@@ -544,13 +410,13 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
   batches = prefetch.DevicePrefetcher(
       train_iter, lambda b: sharding.shard_batch(
           input_pipeline.model_arrays(b), mesh),
-      config.num_train_steps - start_step, config.get('device_prefetch', 2),
+      config.num_train_steps - start_step, config.device_prefetch,
       prepare=lambda i, b: faults.corrupt_batch(start_step + 1 + i, b),
       track_position=True)
   cleanup.callback(batches.close)
   # Step metrics stay on the device until a step that logs, evaluates, saves
   # or stops: no device-to-host transfer on the other steps.
-  window = prefetch.StepWindow(config.get('device_prefetch', 2))
+  window = prefetch.StepWindow(config.device_prefetch)
   last_metrics = {}
   for step in range(start_step + 1, config.num_train_steps + 1):
     batch, batch_ids = next(batches)
@@ -574,7 +440,7 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
     # Read once: a signal may arrive meanwhile. (Several processes agree on
     # it at the same steps, host to host.)
     signum = stop.agreed_signum(
-        step, config.get('preemption_check_every_steps', 10))
+        step, config.preemption_check_every_steps)
     if log_now or eval_now or save_now or signum:
       # Before anything is saved: a non-finite step stops (or is skipped)
       # here, so no checkpoint ever holds a non-finite state.
@@ -596,7 +462,7 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
       record_time = now
       # The rate of this step's update (optax counts updates from 0).
       record['learning_rate'] = float(schedule(step - 1))
-      if config.get('skip_nonfinite', False):
+      if config.skip_nonfinite:
         record['skipped_updates'] = int(jax.device_get(state.skipped_updates))
       train_losses = []
       writer.write(step, 'train', record)
@@ -654,7 +520,7 @@ def _check_window(config, workdir, manager, state, fetched):
       continue
     skipped_later -= 1
     skipped = (int(jax.device_get(state.skipped_updates)) - skipped_later
-               if config.get('skip_nonfinite', False) else 0)
+               if config.skip_nonfinite else 0)
     _handle_nonfinite(config, workdir, manager, skipped, step, step_metrics,
                       batch_ids)
   return finite, (fetched[-1][1] if fetched else {})
@@ -669,7 +535,7 @@ def _handle_nonfinite(config, workdir, manager, skipped, step, step_metrics,
   what = (f'loss {step_metrics["loss"]}, gradient norm '
           f'{step_metrics["grad_norm"]} at step {step} (batch of image ids '
           f'{_format_ids(batch_ids)})')
-  if config.get('skip_nonfinite', False):
+  if config.skip_nonfinite:
     logging.warning('Skipped the update of step %d: non-finite %s; %d updates '
                     'skipped so far.', step, what, skipped)
     return
@@ -716,7 +582,7 @@ def _summary_examples(config, val_source, state):
 
   Single-process runs only (the pictures are drawn by process 0 alone).
   """
-  count = min(config.get('summary_images', 0), len(val_source))
+  count = min(config.summary_images, len(val_source))
   if count <= 0 or jax.process_count() > 1:
     return [], None
   examples = [val_source[i] for i in range(count)]

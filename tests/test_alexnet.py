@@ -18,11 +18,12 @@ from caffe_testutil import torch_layers
 from caffe_testutil import write_caffemodel
 from fcn_jax import alexnet
 from fcn_jax import caffe_models
+from fcn_jax import config_checks
 from fcn_jax import convert
 from fcn_jax import inference
+from fcn_jax import layers
 from fcn_jax import models
 from fcn_jax import surgery
-from fcn_jax import train
 from fcn_jax.configs import voc_fcn_alexnet
 
 try:
@@ -63,7 +64,7 @@ def test_final_crop_follows_from_the_reference_geometry():
 
 
 def test_odd_bilinear_kernel_is_caffes_filler():
-  k = models.bilinear_kernel_1d(63)
+  k = layers.bilinear_kernel_1d(63)
   # surgery.upsample_filt: factor 32, centre 31 for an odd size.
   want = 1 - np.abs(np.arange(63) - 31) / 32
   np.testing.assert_allclose(k, want)
@@ -155,7 +156,7 @@ def torch_alexnet(seed, bilinear):
     for name, p in net.named_parameters():
       if name.startswith('upscore'):
         if bilinear:
-          k = models.bilinear_kernel(63, N_CLASS).transpose(2, 3, 0, 1)
+          k = layers.bilinear_kernel(63, N_CLASS).transpose(2, 3, 0, 1)
           p.copy_(torch.from_numpy(k))
         else:
           p.copy_(torch.rand_like(p))
@@ -256,7 +257,7 @@ def test_surgery_from_bvlc_alexnet_and_config(tmp_path):
                                 layers[1][2][0].transpose(2, 3, 1, 0))
 
   config = voc_fcn_alexnet.get_config()
-  train.validate_config(config, num_devices=1)
+  config_checks.validate_config(config, num_devices=1)
   assert (config.model, config.learning_rate, config.momentum,
           config.grad_accum_steps, config.batch_size, config.weight_decay,
           config.loss_normalization, config.num_train_steps) == (

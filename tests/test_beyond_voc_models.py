@@ -13,11 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fcn_jax import config_checks
 from fcn_jax import convert
 from fcn_jax import evaluate
+from fcn_jax import fault_tolerance
 from fcn_jax import inference
 from fcn_jax import metrics
 from fcn_jax import models
+from fcn_jax import optimizer
 from fcn_jax import tasks
 from fcn_jax import predict
 from fcn_jax import train
@@ -109,7 +112,7 @@ def test_two_headed_loss_is_the_sum_of_the_head_losses():
                    learning_rate=0.0)
   state = train.TrainState.create(
       apply_fn=model.apply, params=params,
-      tx=train.create_optimizer(config, params))
+      tx=optimizer.create_optimizer(config, params))
   batch = jax.tree.map(jnp.asarray, batch)
   _, step_metrics = jax.jit(functools.partial(
       train.train_step, grad_accum_steps=2))(state, batch, jax.random.key(0))
@@ -199,7 +202,7 @@ REFERENCE_SOLVERS = {
 def test_configs_hold_the_reference_solver_settings(name):
   dataset, mode, variant, lr, steps = REFERENCE_SOLVERS[name]
   config = importlib.import_module(f'fcn_jax.configs.{name}').get_config()
-  train.validate_config(config, num_devices=1)
+  config_checks.validate_config(config, num_devices=1)
   assert (config.dataset, tasks.input_mode(config), config.model) == (
       dataset, mode, variant)
   assert (config.learning_rate, config.num_train_steps) == (lr, steps)
@@ -214,12 +217,14 @@ def test_configs_hold_the_reference_solver_settings(name):
 
 def test_bad_nyud_input_and_two_stream_variant_are_config_errors():
   config = _config('nyud', nyud_input='rgbd')
-  with pytest.raises(train.ConfigError, match=r"config.nyud_input='rgbd'"):
-    train.validate_config(config, num_devices=1)
+  with pytest.raises(fault_tolerance.ConfigError,
+                     match=r"config.nyud_input='rgbd'"):
+    config_checks.validate_config(config, num_devices=1)
   config = _config('nyud', nyud_input='color-hha', model='fcn8s')
-  with pytest.raises(train.ConfigError, match=r"config.model='fcn8s': the "
+  with pytest.raises(fault_tolerance.ConfigError,
+                     match=r"config.model='fcn8s': the "
                      'two-stream'):
-    train.validate_config(config, num_devices=1)
+    config_checks.validate_config(config, num_devices=1)
 
 
 def _train_from_cli(workdir, config_file, data_dir, *flags):

@@ -17,6 +17,7 @@ from caffe_testutil import write_caffemodel
 from fcn_jax import caffe_models
 from fcn_jax import caffemodel
 from fcn_jax import convert
+from fcn_jax import layers as layers_lib
 from fcn_jax import models
 from inference_testutil import run_module
 
@@ -240,7 +241,7 @@ def test_table_entries_are_filled_by_shape_and_layout(tmp_path):
   layers = []
   for name in table:
     if name == 'upscore':
-      k = models.bilinear_kernel(64, 3).transpose(2, 3, 0, 1)
+      k = layers_lib.bilinear_kernel(64, 3).transpose(2, 3, 0, 1)
       layers.append((name, 'Deconvolution', [k], None))
     else:
       layers.append((name, 'Convolution', [

@@ -2,11 +2,11 @@
 
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 
 from fcn_jax import ceiling
+from fcn_jax.configs import default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOC_MINI = os.path.join(ROOT, 'tests', 'data', 'voc-real-mini')
@@ -73,7 +73,8 @@ def test_parse_strides_rejects_bad_values():
 
 
 def test_run_on_the_real_voc_sample_decreases_with_the_factor(capsys):
-  config = ml_collections.ConfigDict(dict(
+  config = default.get_config()
+  config.update(dict(
       dataset='voc_dir', data_dir=VOC_MINI, train_split='train',
       val_split='val', num_classes=-1, skip_bad_examples=False))
   results = ceiling.run(config, [32, 4])

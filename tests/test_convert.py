@@ -14,6 +14,7 @@ import pytest
 from fcn_jax import checkpointing
 from fcn_jax import convert
 from fcn_jax import heatmap
+from fcn_jax import layers
 from fcn_jax import models
 from fcn_jax import surgery
 
@@ -52,7 +53,7 @@ def test_conv_transpose_kernel_is_a_transpose_not_a_flip():
     for j in range(4):
       expected[i * s:i * s + k, j * s:j * s + k] += np.einsum(
           'c,coab->abo', x[i, j], w)
-  got = models.conv_transpose(jnp.asarray(x[None], jnp.float32),
+  got = layers.conv_transpose(jnp.asarray(x[None], jnp.float32),
                               jnp.asarray(surgery.conv_transpose_kernel(w)), s)
   np.testing.assert_allclose(got[0], expected, rtol=1e-5, atol=1e-5)
 
@@ -63,7 +64,7 @@ def test_conv_transpose_kernel_matches_torch():
   layer = tnn.ConvTranspose2d(3, 5, 16, stride=8, bias=False)
   x = torch.randn(1, 3, 5, 7)
   expected = layer(x).detach().numpy().transpose(0, 2, 3, 1)
-  got = models.conv_transpose(
+  got = layers.conv_transpose(
       jnp.asarray(x.numpy().transpose(0, 2, 3, 1)),
       jnp.asarray(surgery.conv_transpose_kernel(layer.weight)), 8)
   assert rel_err(got, expected) < 1e-5
@@ -282,7 +283,7 @@ def torch_fcn(variant, n_class=5, seed=0, bilinear=False):
     for name, p in net.named_parameters():
       if name.startswith('upscore'):
         if bilinear:
-          k = models.bilinear_kernel(p.shape[-1], n_class)
+          k = layers.bilinear_kernel(p.shape[-1], n_class)
           p.copy_(torch.from_numpy(k.transpose(2, 3, 0, 1)))
         else:  # Random, non-symmetric: a flip or transpose would show.
           p.copy_(torch.rand_like(p))
@@ -392,7 +393,7 @@ def test_vgg16_file_needs_a_format(tmp_path):
 
 def numpy_upsample(score, factor):
   """Bilinear transposed convolution, written out per output pixel block."""
-  k = models.bilinear_kernel_1d(2 * factor)
+  k = layers.bilinear_kernel_1d(2 * factor)
   kernel = np.outer(k, k)
   n, h, w, c = score.shape
   out = np.zeros((n, (h - 1) * factor + 2 * factor, (w - 1) * factor + 2 * factor, c))

@@ -15,6 +15,7 @@ import pytest
 from experiments import report
 from experiments import sweep
 from fcn_jax import metrics
+from fcn_jax import layers
 from fcn_jax import models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -421,7 +422,7 @@ def test_random_upsampling_init():
       models.get_model('fcn32s', 4, width=1 / 32, learn_upsampling=True,
                        fast_ops='off'), jax.random.key(0))
   np.testing.assert_allclose(bilinear['upscore']['kernel'],
-                             models.bilinear_kernel(64, 4))
+                             layers.bilinear_kernel(64, 4))
   with pytest.raises(ValueError, match='learn_upsampling'):
     models.init_params(models.get_model('fcn32s', 4, width=1 / 32,
                                         upsampling_init='random'),

@@ -24,9 +24,11 @@ import orbax.checkpoint as ocp
 import pytest
 
 from fcn_jax import checkpointing
+from fcn_jax import config_checks
 from fcn_jax import fault_tolerance
 from fcn_jax import input_pipeline
 from fcn_jax import models
+from fcn_jax import optimizer
 from fcn_jax import train
 from fcn_jax.configs import tiny
 
@@ -326,7 +328,7 @@ def _abstract_tiny_state(**overrides):
     params = models.init_params(model, rng, 32)
     return train.TrainState.create(
         apply_fn=model.apply, params=params,
-        tx=train.create_optimizer(config, params))
+        tx=optimizer.create_optimizer(config, params))
   return jax.eval_shape(init, jax.random.key(0))
 
 
@@ -391,13 +393,13 @@ def test_resume_config_check(tmp_path):
 
 def test_validate_config_messages():
   config = tiny.get_config()
-  train.validate_config(config, num_devices=4)
+  config_checks.validate_config(config, num_devices=4)
   with pytest.raises(ValueError, match=r'^config\.batch_size=4: must be a '
                      r'multiple of the number of devices \(8\)$'):
-    train.validate_config(config, num_devices=8)
+    config_checks.validate_config(config, num_devices=8)
   config.eval_batch_size = 6
   with pytest.raises(fault_tolerance.ConfigError, match='eval_batch_size=6'):
-    train.validate_config(config, num_devices=4)
+    config_checks.validate_config(config, num_devices=4)
 
 
 def test_workdir_lock_is_exclusive_and_released(tmp_path):

@@ -17,6 +17,7 @@ from fcn_jax import cli
 from fcn_jax import dataset_info
 from fcn_jax import inference
 from fcn_jax import input_pipeline
+from fcn_jax import optimizer
 from fcn_jax import summaries
 from fcn_jax import train
 from fcn_jax import writers
@@ -126,7 +127,7 @@ def _schedule(**overrides):
   config = default.get_config()
   config.num_train_steps, config.warmup_steps = 110, 10
   config.update(overrides)
-  return train.learning_rate_schedule(config)
+  return optimizer.learning_rate_schedule(config)
 
 
 def test_poly_schedule_after_warmup():
@@ -145,7 +146,7 @@ def test_adamw_decays_kernels_decoupled_not_biases():
                 lr_schedule='constant', warmup_steps=0, bias_lr_mult=1.0)
   params = {'conv1_1': {'kernel': np.full((1, 1, 1, 2), 2.0, np.float32),
                         'bias': np.full((2,), 2.0, np.float32)}}
-  tx = train.create_optimizer(config, params)
+  tx = optimizer.create_optimizer(config, params)
   zero = {'conv1_1': {'kernel': np.zeros((1, 1, 1, 2), np.float32),
                       'bias': np.zeros((2,), np.float32)}}
   updates, _ = tx.update(zero, tx.init(params), params)

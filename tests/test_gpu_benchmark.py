@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import gpu_benchmark
-from fcn_jax import models
+from fcn_jax import layers
 
 TINY = gpu_benchmark.geometry(tiny=True)
 
@@ -21,7 +21,7 @@ def test_transposed_convolution_variants_equal_the_sub_pixel_one():
                                    (False, (4, 4, 3, 3), 2),
                                    (False, (16, 16, 3, 2), 8)):
     kernel = rng.standard_normal(shape).astype(np.float32)
-    want = np.asarray(models.conv_transpose(x, kernel, stride, depthwise))
+    want = np.asarray(layers.conv_transpose(x, kernel, stride, depthwise))
     # (in - 1) * s + k, the Caffe/PyTorch output size.
     assert want.shape[1:3] == (4 * stride + shape[0], 5 * stride + shape[0])
     for impl in (gpu_benchmark.conv_transpose_lhs_dilated,

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fcn_jax import config_checks
 from fcn_jax import losses
 from fcn_jax import sharding
 from fcn_jax import train
@@ -139,9 +140,9 @@ def test_batch_not_divisible_by_micro_batches_is_a_clear_error():
   config = _config(batch_size=8, grad_accum_steps=3)
   with pytest.raises(ValueError, match=r'config\.batch_size=8: must be a '
                      r'multiple of config\.grad_accum_steps x devices'):
-    train.validate_config(config, num_devices=1)
+    config_checks.validate_config(config, num_devices=1)
   mesh = sharding.create_mesh(jax.devices()[:1])
   with pytest.raises(ValueError, match=r'3 x 1 = 3'):
     sharding.check_batch_size(8, mesh, micro_batches=3)
   with pytest.raises(ValueError, match='grad_accum_steps'):
-    train.validate_config(_config(grad_accum_steps=0), num_devices=1)
+    config_checks.validate_config(_config(grad_accum_steps=0), num_devices=1)

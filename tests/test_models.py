@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fcn_jax import layers
 from fcn_jax import models
 
 TINY = dict(width=1 / 32)
@@ -47,13 +48,13 @@ def test_forward_runs_on_small_odd_images(variant):
 
 def test_bilinear_kernel_values_by_hand():
   # factor 2 (size 4): centre 1.5, weights 1 - |x - 1.5| / 2.
-  np.testing.assert_allclose(models.bilinear_kernel_1d(4),
+  np.testing.assert_allclose(layers.bilinear_kernel_1d(4),
                              [0.25, 0.75, 0.75, 0.25])
   # factor 1 (size 2): centre 0.5, weights 1 - 0.5 / 1.
-  np.testing.assert_allclose(models.bilinear_kernel_1d(2), [0.5, 0.5])
+  np.testing.assert_allclose(layers.bilinear_kernel_1d(2), [0.5, 0.5])
   # Odd size 3: centre 1, factor 2.
-  np.testing.assert_allclose(models.bilinear_kernel_1d(3), [0.5, 1.0, 0.5])
-  k = models.bilinear_kernel(4, 3)
+  np.testing.assert_allclose(layers.bilinear_kernel_1d(3), [0.5, 1.0, 0.5])
+  k = layers.bilinear_kernel(4, 3)
   assert k.shape == (4, 4, 3, 3)
   np.testing.assert_allclose(k[1, 2, 0, 0], 0.75 * 0.75)
   assert k[:, :, 0, 1].sum() == 0 and k[:, :, 2, 1].sum() == 0  # diagonal
@@ -77,7 +78,7 @@ def test_conv_transpose_matches_scatter_definition(stride, size):
   rng = np.random.default_rng(0)
   x = rng.normal(size=(2, 3, 4, 3)).astype(np.float32)
   kernel = rng.normal(size=(size, size, 3, 2)).astype(np.float32)
-  got = models.conv_transpose(jnp.asarray(x), jnp.asarray(kernel), stride)
+  got = layers.conv_transpose(jnp.asarray(x), jnp.asarray(kernel), stride)
   np.testing.assert_allclose(got, _naive_conv_transpose(x, kernel, stride),
                              atol=1e-4, rtol=1e-5)
   # The per-channel (frozen bilinear) path equals the full diagonal kernel.
@@ -85,7 +86,7 @@ def test_conv_transpose_matches_scatter_definition(stride, size):
   diagonal = np.zeros((size, size, 3, 3), np.float32)
   for c in range(3):
     diagonal[:, :, c, c] = k2
-  got = models.conv_transpose(jnp.asarray(x), jnp.asarray(k2[:, :, None, None]),
+  got = layers.conv_transpose(jnp.asarray(x), jnp.asarray(k2[:, :, None, None]),
                               stride, depthwise=True)
   np.testing.assert_allclose(got, _naive_conv_transpose(x, diagonal, stride),
                              atol=1e-4, rtol=1e-5)
@@ -102,7 +103,7 @@ def test_bilinear_upsampling_reproduces_a_ramp_in_the_interior(factor,
   h, w = 5, 6
   ii, jj = np.mgrid[0:h, 0:w].astype(np.float32)
   x = np.stack([3 * ii - 2 * jj + 1, -ii + jj], -1)[None]
-  up = models.Upsample(2, factor, learnable=learnable)
+  up = layers.Upsample(2, factor, learnable=learnable)
   variables = up.init(jax.random.key(0), jnp.asarray(x))
   y = np.asarray(up.apply(variables, jnp.asarray(x)))[0]
   assert y.shape == ((h - 1) * factor + 2 * factor,
@@ -211,7 +212,7 @@ def test_score_layers_start_at_zero_and_upsampling_is_bilinear():
     assert not np.any(params[name]['kernel']) and not np.any(params[name]['bias'])
   for name, size in (('upscore2', 4), ('upscore_pool4', 4), ('upscore8', 16)):
     np.testing.assert_array_equal(params[name]['kernel'],
-                                  models.bilinear_kernel(size, 3))
+                                  layers.bilinear_kernel(size, 3))
   # Frozen upsampling (the default) has no parameters to train.
   frozen = _params(models.get_model('fcn8s', num_classes=3, **TINY))
   assert not any(name.startswith('upscore') for name in frozen)

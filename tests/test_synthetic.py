@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fcn_jax import synthetic
+from fcn_jax.data import synthetic
 
 
 def test_examples_are_deterministic_and_splits_differ():

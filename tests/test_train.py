@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 from fcn_jax import checkpointing
+from fcn_jax import config_checks
 from fcn_jax import inference
 from fcn_jax import input_pipeline
 from fcn_jax import models
+from fcn_jax import optimizer
 from fcn_jax import sharding
 from fcn_jax import train
 from fcn_jax import writers
@@ -47,7 +49,7 @@ def test_sgd_recipe_decays_kernels_only_and_doubles_bias_rate():
                         'bias': jnp.full((2,), 3.0)},
             'upscore2': {'kernel': jnp.full((4, 4, 1, 1), 1.0)}}
   grads = jax.tree.map(jnp.ones_like, params)
-  tx = train.create_optimizer(config, params)
+  tx = optimizer.create_optimizer(config, params)
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(updates['conv1_1']['kernel'], -0.1 * (1 + 0.5 * 2))
   np.testing.assert_allclose(updates['conv1_1']['bias'], -0.2 * 1)
@@ -60,7 +62,7 @@ def test_sgd_momentum_matches_caffe_recursion():
   config = _tiny(optimizer='sgd', momentum=0.9, learning_rate=0.1,
                  lr_schedule='constant', warmup_steps=0, weight_decay=0.0)
   params = {'fc7': {'kernel': jnp.zeros((1, 1, 1, 1))}}
-  tx = train.create_optimizer(config, params)
+  tx = optimizer.create_optimizer(config, params)
   state = tx.init(params)
   grads = jax.tree.map(jnp.ones_like, params)
   u1, state = tx.update(grads, state, params)
@@ -237,7 +239,7 @@ def test_paper_recipes_hold_the_reference_solver_settings(
           config.weight_decay) == (1, 'sum', 5e-4)
   assert (config.dataset, config.image_size, config.width,
           config.random_flip) == ('sbd', 0, 1.0, False)
-  train.validate_config(config, num_devices=1)
+  config_checks.validate_config(config, num_devices=1)
 
 
 def test_run_describes_its_dataset_and_shows_predictions(finished_run):

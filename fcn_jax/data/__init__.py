@@ -1,4 +1,5 @@
-"""Real segmentation datasets: VOC-layout folders, SBD, and TFDS data sources.
+"""Datasets: the built-in synthetic scenes, VOC-layout folders, SBD, NYUDv2,
+SIFT Flow, PASCAL-Context, and TFDS data sources.
 
 Every dataset is a random-access *source*: ``len(source)`` and
 ``source[i] -> {'image': (H, W, 3) uint8 RGB, 'label': (H, W) uint8 class
