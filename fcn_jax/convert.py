@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from typing import Any, Mapping
 
 import jax
@@ -39,6 +38,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from fcn_jax import checkpointing
+from fcn_jax import errors
 from fcn_jax import models
 from fcn_jax import pth
 from fcn_jax import surgery
@@ -228,8 +228,12 @@ def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   del argv
   f = flags.FLAGS
-  metadata = convert_file(f.input, f.output, f.format, f.variant,
-                          f.skip_checksum)
+  if os.path.exists(f.output):  # Before reading a large file.
+    raise errors.FlagError(f'--output={f.output}: already exists; choose a '
+                           'new path.')
+  with errors.user_file(f.input):  # The readers' and converters' errors.
+    metadata = convert_file(f.input, f.output, f.format, f.variant,
+                            f.skip_checksum)
   logging.info('Wrote %s: %s', os.path.abspath(f.output), json.dumps(metadata))
 
 
@@ -256,6 +260,4 @@ def _define_flags():
 if __name__ == '__main__':
   from fcn_jax import cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  # The reader's errors name the file: one line, no traceback.
-  cli.run(main, user_errors=(OSError, ValueError, pickle.UnpicklingError),
-          path_flags=('input', 'output'))
+  cli.run(main, path_flags=('input', 'output'))

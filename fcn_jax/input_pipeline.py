@@ -35,6 +35,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
+from fcn_jax import fault_tolerance
 from fcn_jax.data import decode
 from fcn_jax.data import nyud
 from fcn_jax.data import pascal_context
@@ -133,15 +134,15 @@ def create_datasets(config: ml_collections.ConfigDict):
   """Returns (train_source, val_source, DatasetInfo) for `config.dataset`.
 
   Raises:
-    ValueError: for an unknown dataset name.
+    fault_tolerance.ConfigError (a ValueError): for an unknown dataset name.
     fcn_jax.data.decode.DataError (a ValueError): for missing or bad files,
       naming the file.
   """
   decode.set_max_image_pixels(config.max_image_pixels)
   name = config.dataset
   if not is_known_dataset(name):
-    raise ValueError(f'config.dataset={name!r}: unknown dataset; expected one '
-                     f'of {DATASETS}.')
+    raise fault_tolerance.ConfigError(f'config.dataset={name!r}: unknown '
+                                      f'dataset; expected one of {DATASETS}.')
   if name == 'synthetic':
     return _synthetic_datasets(config)
   skip_bad = bool(config.skip_bad_examples)

@@ -292,12 +292,14 @@ def run(weights_dir: str, data_dir: str, output_dir: str,
     key = (ref.dataset, NYUD_INPUTS.get(name, ''))
     if key not in sources:  # Data errors stop the command.
       extra = (key[1],) if key[1] else ()  # The NYUDv2 model's inputs.
-      sources[key] = SOURCES[ref.dataset](folders[ref.dataset], base['split'],
-                                          *extra)
+      with errors.user_file(folders[ref.dataset]):  # Unreadable folders.
+        sources[key] = SOURCES[ref.dataset](folders[ref.dataset],
+                                            base['split'], *extra)
     for path in files:
       rows.append(_evaluate_file(path, name, sources[key], base, max_images,
                                  progress))
-  write_table(rows, output_dir)
+  with errors.user_file(output_dir):
+    write_table(rows, output_dir)
   return rows
 
 
@@ -429,5 +431,4 @@ def _define_flags():
 
 if __name__ == '__main__':
   _define_flags()
-  # Data errors (DataError) are UserErrors; OSError: unreadable folders.
-  cli.run(main, user_errors=(OSError,))
+  cli.run(main)
