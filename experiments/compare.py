@@ -362,10 +362,11 @@ def main(argv):
                    FLAGS.resamples, FLAGS.max_images, FLAGS.seed)
   print(format_result(result))
   if FLAGS.out:
-    with open(FLAGS.out + '.tmp', 'w') as f:
-      from fcn_jax import evaluate  # pylint: disable=g-import-not-at-top
-      json.dump(evaluate.json_safe(result), f, indent=2)
-    os.replace(FLAGS.out + '.tmp', FLAGS.out)
+    from fcn_jax import evaluate  # pylint: disable=g-import-not-at-top
+    with errors.user_file(f'--out={FLAGS.out}'):  # An unwritable path.
+      with open(FLAGS.out + '.tmp', 'w') as f:
+        json.dump(evaluate.json_safe(result), f, indent=2)
+      os.replace(FLAGS.out + '.tmp', FLAGS.out)
     print(f'Wrote {FLAGS.out}')
 
 
@@ -382,5 +383,4 @@ def _define_flags():
 
 if __name__ == '__main__':
   _define_flags()
-  # ValueError: bad checkpoints and data files (CheckpointError, DataError).
-  cli.run(main, user_errors=(ValueError, FileNotFoundError))
+  cli.run(main)

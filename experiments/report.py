@@ -43,6 +43,7 @@ import numpy as np
 
 from experiments import sweep as sweep_lib
 from fcn_jax import cli
+from fcn_jax import errors
 
 SCORES = ('overall_acc', 'mean_acc', 'mean_iu', 'fwavacc', 'boundary_mean_iu')
 SCORE_TITLES = {'overall_acc': 'pixel acc.', 'mean_acc': 'mean acc.',
@@ -99,7 +100,7 @@ def load_runs(sweep_dir: str) -> list[Run]:
   if sweep is None and os.path.isfile(os.path.join(sweep_dir, 'metrics.jsonl')):
     return [load_workdir(sweep_dir)]
   if sweep is None:
-    raise FileNotFoundError(
+    raise errors.MissingFileError(
         f'{sweep_dir}: neither a sweep (no sweep.json, as written by python -m '
         'experiments.sweep) nor a training workdir (no metrics.jsonl).')
   runs = []
@@ -279,8 +280,8 @@ def compare_to_baseline(sweep_dir: str, runs: Sequence[Run], baseline: str,
       by_setting.setdefault(run.setting, []).append(
           os.path.join(sweep_dir, run.name))
   if baseline not in by_setting:
-    raise ValueError(f'--baseline={baseline!r}: no finished runs of that '
-                     f'setting; settings: {list(by_setting)}.')
+    raise errors.FlagError(f'--baseline={baseline!r}: no finished runs of '
+                           f'that setting; settings: {list(by_setting)}.')
   base, _ = compare.side_confusions(by_setting[baseline], 'latest', 'val', 0)
   results = {}
   for setting, workdirs in by_setting.items():
@@ -400,7 +401,8 @@ def write_report(sweep_dir: str, out_dir: str | None = None,
   `compare_to_baseline`.
   """
   out_dir = out_dir or sweep_dir
-  os.makedirs(out_dir, exist_ok=True)
+  with errors.user_file(out_dir):  # An unwritable folder.
+    os.makedirs(out_dir, exist_ok=True)
   runs = load_runs(sweep_dir)
   rows = summarize(runs)
   num_classes = max((len(r['per_class_iu']) for r in rows), default=0)
@@ -435,11 +437,7 @@ def main(argv: Sequence[str]) -> int:
     print('usage: python -m experiments.report SWEEP_DIR|WORKDIR [--out=DIR] '
           '[--baseline=SETTING]', file=sys.stderr)
     return 2
-  try:
-    paths = write_report(args[0], options['--out'], options['--baseline'])
-  except ValueError as e:
-    print(f'Error: {e}', file=sys.stderr)
-    return 1
+  paths = write_report(args[0], options['--out'], options['--baseline'])
   with open(paths['md']) as f:
     print(f.read())
   print('Wrote ' + ', '.join(paths.values()))
@@ -447,4 +445,4 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(cli.catch_user_errors(main, user_errors=(OSError,))(sys.argv))
+  sys.exit(cli.catch_user_errors(main)(sys.argv))

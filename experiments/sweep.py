@@ -52,6 +52,7 @@ from absl import flags
 from absl import logging
 
 from fcn_jax import cli
+from fcn_jax import errors
 
 # Inside the package, so that sweeps run from any directory.
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(cli.__file__)),
@@ -165,19 +166,19 @@ def run_names(runs: Sequence[dict[str, Any]]) -> list[str]:
 def load_sweep(path: str) -> tuple[list[dict[str, Any]], str | None]:
   """Imports a sweep file; returns (its runs' overrides, its CONFIG or None)."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'--sweep={path}: no such file.')
+    raise errors.MissingFileError(f'--sweep={path}: no such file.')
   spec = importlib.util.spec_from_file_location('_fcn_sweep', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   if not hasattr(module, 'get_sweep'):
-    raise ValueError(f'--sweep={path}: the file defines no get_sweep().')
+    raise errors.FlagError(f'--sweep={path}: the file defines no get_sweep().')
   runs = [dict(r) for r in module.get_sweep()]
   if not runs:
-    raise ValueError(f'--sweep={path}: get_sweep() returned no runs.')
+    raise errors.FlagError(f'--sweep={path}: get_sweep() returned no runs.')
   names = run_names(runs)
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:
-    raise ValueError(f'--sweep={path}: duplicate runs {duplicates}.')
+    raise errors.FlagError(f'--sweep={path}: duplicate runs {duplicates}.')
   return runs, getattr(module, 'CONFIG', None)
 
 
@@ -187,7 +188,7 @@ def parse_sets(sets: Sequence[str]) -> dict[str, str]:
   for item in sets:
     key, sep, value = item.partition('=')
     if not sep or not key:
-      raise ValueError(f'--set={item!r}: expected KEY=VALUE.')
+      raise errors.FlagError(f'--set={item!r}: expected KEY=VALUE.')
     result[key] = value
   return result
 
@@ -394,7 +395,7 @@ def run_sweep(runs: Sequence[dict[str, Any]], workdir: str,
   runs the report reads.
   """
   if parallel < 1:
-    raise ValueError(f'--parallel={parallel}: must be >= 1.')
+    raise errors.FlagError(f'--parallel={parallel}: must be >= 1.')
   os.makedirs(workdir, exist_ok=True)
   names = run_names(runs)
   keys = varying_keys(runs)

@@ -35,14 +35,13 @@ from typing import Iterable, Sequence
 import numpy as np
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from fcn_jax import cli
 from fcn_jax import errors
 from fcn_jax import evaluate
 from fcn_jax import input_pipeline
 from fcn_jax import metrics as metrics_lib
-from fcn_jax.configs import default as default_config
+from fcn_jax.data import decode
 
 DOWNSAMPLING = ('mode', 'centre')
 # The paper's Appendix A table (PASCAL VOC 2011 val), mean IU in percent.
@@ -201,7 +200,7 @@ def run(config, strides: Sequence[int], split: str = 'val',
   source = val_source if split == 'val' else train_source
   total = len(source) if not max_images else min(max_images, len(source))
   if total == 0:
-    raise ValueError(f'{info.name}/{split}: the split holds no images.')
+    raise decode.DataError(f'{info.name}/{split}: the split holds no images.')
   label_maps = (source[i]['label'] for i in range(total))
   results = stride_ceiling(label_maps, strides, info.num_classes, downsample)
   split_name = config[f'{split}_split'] or split
@@ -227,13 +226,11 @@ def _define_flags():
                     "A block's label: its most frequent class ('mode') or "
                     "its centre pixel's ('centre').")
   flags.DEFINE_integer('max_images', 0, 'Only the first N images (0 = all).')
-  config_flags.DEFINE_config_dict(
-      'config', default_config.get_config(),
+  cli.define_config_flag(
       'The dataset keys of the training config, e.g. --config.dataset=voc '
-      '--config.data_dir=...', lock_config=False)
+      '--config.data_dir=...')
 
 
 if __name__ == '__main__':
   _define_flags()
-  # ValueError: unknown dataset; data.decode.DataError: missing files.
-  cli.run(main, user_errors=(ValueError,))
+  cli.run(main)

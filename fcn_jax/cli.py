@@ -1,12 +1,19 @@
-"""How every fcn_jax command reports user errors: one line, exit status 1.
+"""What every fcn_jax command shares: user errors as one line, common flags.
 
     if __name__ == '__main__':
+      cli.define_checkpoint_flags()
       cli.run(main)
 
-A `fcn_jax.errors.UserError` (and any of the `user_errors` classes a command
-treats as the user's) ends the program with `error: <message>` on stderr, the
-last line printed, and exit status 1. Every other exception propagates with
-its full traceback: a bug must not look like a user mistake.
+A `fcn_jax.errors.UserError` ends the program with `error: <message>` on
+stderr, the last line printed, and exit status 1. Every other exception
+propagates with its full traceback: a bug must not look like a user mistake.
+A command therefore raises (or, where it opens a file the user named,
+re-raises with `errors.user_file`) its users' mistakes as `UserError`s.
+
+The commands that load a trained model define the same flags through
+`define_checkpoint_flags` (--workdir, --checkpoint, --dtype, --seed),
+`define_model_flag` (--model) and `define_config_flag` (--config.KEY=VALUE
+overrides, read back with `config_overrides`).
 """
 
 from __future__ import annotations
@@ -45,9 +52,9 @@ def catch_user_errors(
 
   Args:
     main: the command's main function, as given to `absl.app.run`.
-    user_errors: exception classes besides `UserError` that this command's
-      library raises for user mistakes (e.g. `ValueError` from a parser whose
-      messages name the file).
+    user_errors: for programs outside fcn_jax only: exception classes of a
+      foreign library to treat like `UserError` (fcn_jax's commands pass
+      none: they raise `UserError`s).
     path_flags: names of absl flags holding paths: `~` and `$VARS` in their
       values are expanded before `main` runs.
 
@@ -78,13 +85,88 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def run(main: Callable[[Sequence[str]], Optional[int]],
-        user_errors: tuple[Type[BaseException], ...] = (),
         flags_parser: Optional[Callable[[list[str]], object]] = None,
         path_flags: Sequence[str] = ()) -> None:
-  """`absl.app.run(main)` with one-line user errors (see the module doc)
-  and `~` / `$VARS` expanded in the `path_flags`."""
-  app.run(catch_user_errors(main, user_errors, path_flags),
+  """`absl.app.run(main)` with exactly `UserError`s as one line (see the
+  module doc) and `~` / `$VARS` expanded in the `path_flags`."""
+  app.run(catch_user_errors(main, path_flags=path_flags),
           flags_parser=flags_parser or parse_flags)
+
+
+# Flags shared by the commands that load a trained model.
+DTYPES = ('', 'float32', 'bfloat16')
+_SEED_HELP = ('For a run of several seeds (config.seeds): the seed to use; '
+              '-1 = the best by validation mean IU.')
+
+
+def define_checkpoint_flags(checkpoint_alone: bool = True) -> None:
+  """Defines --workdir, --checkpoint, --dtype and --seed: the model to load.
+
+  Args:
+    checkpoint_alone: whether --checkpoint=PATH may name a checkpoint
+      directory without --workdir (predict, export); False makes --workdir
+      required (evaluate).
+  """
+  if checkpoint_alone:
+    flags.DEFINE_string('workdir', None, 'Training workdir (config.json + '
+                        'checkpoints/). Either this or --checkpoint.')
+    flags.DEFINE_string('checkpoint', 'best', "With --workdir: 'best', "
+                        "'latest', a step or a path; alone: a checkpoint "
+                        'directory.')
+  else:
+    flags.DEFINE_string('workdir', None, 'Training workdir (config.json + '
+                        'checkpoints/).')
+    flags.DEFINE_string('checkpoint', 'best', "'best' (highest validation "
+                        "mean IU), 'latest', a step number, or a checkpoint "
+                        'path.')
+    flags.mark_flags_as_required(['workdir'])
+  flags.DEFINE_enum('dtype', '', list(DTYPES), "Computation dtype ('' = the "
+                    "training config's); bfloat16 is for accelerators.")
+  flags.DEFINE_integer('seed', -1, _SEED_HELP)
+  _list_in_command_help('workdir', 'checkpoint', 'dtype', 'seed')
+
+
+def define_model_flag() -> None:
+  """Defines --model, a model variant over the checkpoint's config."""
+  flags.DEFINE_string('model', '', 'Override the model variant (e.g. '
+                      'fcn8s-atonce for converted weights without '
+                      'config.json).')
+  _list_in_command_help('model')
+
+
+def define_config_flag(help_text: str) -> None:
+  """Defines --config.KEY=VALUE over `configs/default.py`'s keys."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from fcn_jax.configs import default  # pylint: disable=g-import-not-at-top
+  config_flags.DEFINE_config_dict('config', default.get_config(), help_text,
+                                  lock_config=False)
+  _list_in_command_help('config')
+
+
+def _list_in_command_help(*names: str) -> None:
+  # Flags defined here count as the running command's own, so that its
+  # --help (absl lists the main module's key flags) shows them.
+  for name in names:
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+
+
+def config_overrides() -> dict:
+  """The --config.KEY=VALUE flags given, as {'dotted.key': value}, with
+  `~` and `$VARS` expanded in path values."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  values = config_flags.get_override_values(flags.FLAGS['config'])
+  return expand_config_paths(_flatten(values))
+
+
+def _flatten(values: dict, prefix: str = '') -> dict:
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  flat = {}
+  for key, value in values.items():
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      flat.update(_flatten(dict(value), f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
 
 
 # Config keys holding paths (besides keys ending in _dir, _path or _file).

@@ -30,22 +30,21 @@ import os
 import time
 from typing import Any
 
-import ml_collections
 import numpy as np
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
 from fcn_jax import calibration
 from fcn_jax import cli
+from fcn_jax import errors
 from fcn_jax import inference
 from fcn_jax import input_pipeline
 from fcn_jax import metrics as metrics_lib
 from fcn_jax import tasks
 from fcn_jax import visualize
 from fcn_jax import writers
-from fcn_jax.configs import default as default_config
+from fcn_jax.data import decode
 
 FLAGS = flags.FLAGS
 
@@ -82,7 +81,7 @@ def evaluate_segmenter(segmenter: inference.Segmenter, source,
   num_classes = segmenter.num_classes
   total = len(source) if not max_images else min(max_images, len(source))
   if total == 0:
-    raise ValueError('The split holds no images.')
+    raise decode.DataError('The split holds no images.')
   hist = np.zeros((num_classes, num_classes), np.int64)
   image_hists = []
   calibration_sums = calibration.Accumulator(
@@ -128,7 +127,7 @@ def evaluate_heads(segmenter: inference.Segmenter, source,
   """
   total = len(source) if not max_images else min(max_images, len(source))
   if total == 0:
-    raise ValueError('The split holds no images.')
+    raise decode.DataError('The split holds no images.')
   hists = {k: np.zeros((c, c), np.int64) for k, c in head_sizes.items()}
   calibration_sums = calibration.Accumulator(
       bucket=inference.bucket_size if segmenter.bucket else None)
@@ -233,7 +232,7 @@ def run(workdir: str, checkpoint: str = 'best', split: str = 'val',
                segmenter.checkpoint, step, info.name, split, len(source))
   if tasks.uses_model_input(config):
     if predict_kwargs.get('tta') or predict_kwargs.get('window'):
-      raise ValueError(f'--tta and --window are not available for '
+      raise errors.FlagError(f'--tta and --window are not available for '
                        f'{info.name} models (other inputs or two heads).')
     sizes = dict({'label': info.num_classes},
                  **{k: len(n) for k, n in info.extra_heads})
@@ -275,52 +274,28 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   writers.quiet_library_logs()
-  overrides = config_flags.get_override_values(FLAGS['config'])
-  overrides = cli.expand_config_paths(_flatten(overrides))
-  run(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, overrides,
+  run(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, cli.config_overrides(),
       FLAGS.max_images, FLAGS.output_dir, FLAGS.dtype,
       seed=None if FLAGS.seed < 0 else FLAGS.seed, tta=FLAGS.tta,
       window=FLAGS.window or None)
 
 
-def _flatten(values: dict, prefix: str = '') -> dict:
-  flat = {}
-  for key, value in values.items():
-    if isinstance(value, (dict, ml_collections.ConfigDict)):
-      flat.update(_flatten(dict(value), f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
-
-
 def _define_flags():
   """Flags of the command line (defined only when run as a program, so the
   module can be imported next to other fcn_jax programs)."""
-  flags.DEFINE_string('workdir', None, 'Training workdir (config.json + '
-                      'checkpoints/).')
-  flags.DEFINE_string('checkpoint', 'best', "'best' (highest validation mean "
-                      "IU), 'latest', a step number, or a checkpoint path.")
+  cli.define_checkpoint_flags(checkpoint_alone=False)
   flags.DEFINE_enum('split', 'val', ['val', 'train'], 'Split to evaluate.')
   flags.DEFINE_integer('max_images', 0, 'Evaluate only the first N images '
                        '(0 = the whole split).')
   flags.DEFINE_bool('tta', False, 'Test-time augmentation (flips and scales).')
   flags.DEFINE_integer('window', 0, 'Sliding-window size for large images '
                        '(0 = whole images).')
-  flags.DEFINE_enum('dtype', '', ['', 'float32', 'bfloat16'],
-                    "Computation dtype ('' = the training config's).")
   flags.DEFINE_string('output_dir', None, 'Where to write the JSON and plot '
                       '(default: the workdir).')
-  flags.DEFINE_integer('seed', -1, 'For a run of several seeds '
-                       '(config.seeds): the seed to use; -1 = the best by '
-                       'validation mean IU.')
-  config_flags.DEFINE_config_dict(
-      'config', default_config.get_config(),
-      'Overrides of the workdir config.json, e.g. --config.dataset=voc.',
-      lock_config=False)
-  flags.mark_flags_as_required(['workdir'])
+  cli.define_config_flag(
+      'Overrides of the workdir config.json, e.g. --config.dataset=voc.')
 
 
 if __name__ == '__main__':
   _define_flags()
-  cli.run(main, user_errors=(ValueError, FileNotFoundError),
-          path_flags=('workdir', 'checkpoint', 'output_dir'))
+  cli.run(main, path_flags=('workdir', 'checkpoint', 'output_dir'))

@@ -35,6 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import export as jax_export
 
+from fcn_jax import errors
+
 FUNCTION_FILE = 'fcn.jax_export'
 PARAMS_FILE = 'params.npz'
 META_FILE = 'meta.json'
@@ -54,10 +56,10 @@ def parse_shapes(text: str) -> list[tuple[int, int]] | None:
     try:
       height, width = (int(v) for v in item.lower().split('x'))
     except ValueError:
-      raise ValueError(f"--shapes={text}: expected 'symbolic' or HxW,HxW,... "
-                       f'(bad item {item!r}).') from None
+      raise errors.FlagError(f"--shapes={text}: expected 'symbolic' or "
+                             f'HxW,HxW,... (bad item {item!r}).') from None
     if height < 1 or width < 1:
-      raise ValueError(f'--shapes={text}: sides must be positive.')
+      raise errors.FlagError(f'--shapes={text}: sides must be positive.')
     shapes.append((height, width))
   return shapes
 
@@ -223,7 +225,8 @@ class ExportedModel:
 def load(path: str) -> ExportedModel:
   """Loads an exported model folder written by `export_segmenter`."""
   if not os.path.isfile(os.path.join(path, META_FILE)):
-    raise FileNotFoundError(f'{path}: not an fcn_jax export (no {META_FILE}).')
+    raise errors.MissingFileError(f'{path}: not an fcn_jax export (no '
+                                  f'{META_FILE}).')
   return ExportedModel(path)
 
 
@@ -253,25 +256,18 @@ def main(argv):
 
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string('workdir', None, 'Training workdir; or --checkpoint.')
-  flags.DEFINE_string('checkpoint', 'best', "'best', 'latest', a step or a "
-                      'checkpoint path.')
+  from fcn_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.define_checkpoint_flags()
   flags.DEFINE_string('output', None, 'Folder to write the export into.')
   flags.DEFINE_string('shapes', 'symbolic', "'symbolic' (any batch and image "
                       'size) or bucket shapes HxW,HxW,...')
   flags.DEFINE_list('platforms', list(DEFAULT_PLATFORMS), 'Platforms to lower '
                     'for (cpu, cuda, rocm, tpu).')
-  flags.DEFINE_enum('dtype', '', ['', 'float32', 'bfloat16'],
-                    "Computation dtype ('' = the training config's).")
-  flags.DEFINE_string('model', '', 'Override the model variant.')
-  flags.DEFINE_integer('seed', -1, 'For a run of several seeds '
-                       '(config.seeds): the seed to use; -1 = the best by '
-                       'validation mean IU.')
+  cli.define_model_flag()
   flags.mark_flags_as_required(['output'])
 
 
 if __name__ == '__main__':
   from fcn_jax import cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  cli.run(main, user_errors=(ValueError, FileNotFoundError),
-          path_flags=('workdir', 'checkpoint', 'output'))
+  cli.run(main, path_flags=('workdir', 'checkpoint', 'output'))

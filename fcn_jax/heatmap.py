@@ -23,7 +23,6 @@ vgg16-397923af.pth, converted on the fly) or a directory written by
 from __future__ import annotations
 
 import os
-import pickle
 
 import flax.linen as nn
 import jax
@@ -33,8 +32,11 @@ from absl import logging
 from PIL import Image
 
 from fcn_jax import convert
+from fcn_jax import errors
 from fcn_jax import input_pipeline
 from fcn_jax import models
+from fcn_jax import pth
+from fcn_jax import surgery
 from fcn_jax.data import decode
 
 IMAGENET_CLASSES = 1000
@@ -75,22 +77,23 @@ def load_classifier_params(weights: str, fmt: str = 'auto') -> dict:
     params, _ = convert.load_params(weights)
   else:
     if fmt == 'auto':
-      known = convert.verify_checksum(weights)
+      known = surgery.verify_checksum(weights)
       if known is None or not known['format'].startswith('vgg16'):
-        raise ValueError(f'{weights}: unknown VGG16 file; pass '
-                         '--format=vgg16-caffe or --format=vgg16-torchvision.')
+        raise errors.BadFileError(
+            f'{weights}: unknown VGG16 file; pass --format=vgg16-caffe or '
+            '--format=vgg16-torchvision.')
       fmt = known['format']
-    state = convert.state_dict_from(convert.load_pth(weights), weights)
-    params = convert.from_vgg16(state, fmt.split('-')[1], include_fc8=True)
+    state = pth.state_dict_from(pth.load_pth(weights), weights)
+    params = surgery.from_vgg16(state, fmt.split('-')[1], include_fc8=True)
   if 'fc8' not in params:
-    raise ValueError(f'{weights}: no fc8 classifier layer; convert the '
-                     'ImageNet VGG16 itself, not an FCN.')
+    raise errors.BadFileError(f'{weights}: no fc8 classifier layer; convert '
+                              'the ImageNet VGG16 itself, not an FCN.')
   return params
 
 
 def class_scores(params, images: jax.Array) -> jax.Array:
   """Softmax class probabilities per map cell, (N, h, w, 1000)."""
-  model = VGG16Classifier(width=convert.infer_width(params),
+  model = VGG16Classifier(width=surgery.infer_width(params),
                           num_classes=params['fc8']['kernel'].shape[-1])
   logits = model.apply({'params': params}, images)
   return jax.nn.softmax(logits, axis=-1)
@@ -99,7 +102,7 @@ def class_scores(params, images: jax.Array) -> jax.Array:
 def load_image(path: str, scale: float = 1.0) -> np.ndarray:
   """RGB uint8 (H, W, 3), optionally resized by `scale`."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path}: no such image.')
+    raise errors.MissingFileError(f'{path}: no such image.')
   image = Image.fromarray(decode.read_image(path))
   if scale != 1.0:
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
@@ -151,23 +154,25 @@ def make_heatmap(params, image: np.ndarray, class_index: int = -1):
     (h, w, 1000)).
   """
   if min(heatmap_size(*image.shape[:2])) < 1:
-    raise ValueError(f'A {image.shape[0]}x{image.shape[1]} image is too small '
-                     'for the classifier: it needs at least 193x193 pixels.')
+    raise decode.ImageError(f'A {image.shape[0]}x{image.shape[1]} image is '
+                            'too small for the classifier: it needs at least '
+                            '193x193 pixels.')
   x = jnp.asarray(input_pipeline.preprocess(image))[None]
   probs = np.asarray(class_scores(params, x))[0]
   num_classes = probs.shape[-1]
   if class_index < 0:
     class_index = int(np.argmax(probs.mean(axis=(0, 1))))
   if class_index >= num_classes:
-    raise ValueError(f'--class={class_index}: the classifier has '
-                     f'{num_classes} classes.')
+    raise errors.FlagError(f'--class={class_index}: the classifier has '
+                           f'{num_classes} classes.')
   return probs[..., class_index], class_index, probs
 
 
 def run(weights: str, image_path: str, output: str, class_index: int = -1,
         fmt: str = 'auto', scale: float = 1.0) -> dict:
   """The command line's work; returns a summary (map, class, top-5)."""
-  params = load_classifier_params(weights, fmt)
+  with errors.user_file(weights):  # The .pth / checkpoint readers' errors.
+    params = load_classifier_params(weights, fmt)
   image = load_image(image_path, scale)
   prob_map, class_index, probs = make_heatmap(params, image, class_index)
   render(image, prob_map).save(output)
@@ -207,6 +212,4 @@ def _define_flags():
 if __name__ == '__main__':
   from fcn_jax import cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  # The reader's errors name the file: one line, no traceback.
-  cli.run(main, user_errors=(OSError, ValueError, pickle.UnpicklingError),
-          path_flags=('weights', 'image', 'output'))
+  cli.run(main, path_flags=('weights', 'image', 'output'))

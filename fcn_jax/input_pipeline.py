@@ -35,6 +35,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
+from fcn_jax import fault_tolerance
 from fcn_jax.data import decode
 from fcn_jax.data import nyud
 from fcn_jax.data import pascal_context
@@ -42,6 +43,7 @@ from fcn_jax.data import sbd
 from fcn_jax.data import siftflow
 from fcn_jax.data import synthetic
 from fcn_jax.data import tfds_sources
+from fcn_jax.data import transforms
 from fcn_jax.data import voc
 from fcn_jax.metrics import IGNORE_INDEX
 from fcn_jax.models import MEAN_BGR
@@ -133,15 +135,15 @@ def create_datasets(config: ml_collections.ConfigDict):
   """Returns (train_source, val_source, DatasetInfo) for `config.dataset`.
 
   Raises:
-    ValueError: for an unknown dataset name.
+    fault_tolerance.ConfigError (a ValueError): for an unknown dataset name.
     fcn_jax.data.decode.DataError (a ValueError): for missing or bad files,
       naming the file.
   """
   decode.set_max_image_pixels(config.max_image_pixels)
   name = config.dataset
   if not is_known_dataset(name):
-    raise ValueError(f'config.dataset={name!r}: unknown dataset; expected one '
-                     f'of {DATASETS}.')
+    raise fault_tolerance.ConfigError(f'config.dataset={name!r}: unknown '
+                                      f'dataset; expected one of {DATASETS}.')
   if name == 'synthetic':
     return _synthetic_datasets(config)
   skip_bad = bool(config.skip_bad_examples)
@@ -355,89 +357,27 @@ def _augment_and_preprocess(example: dict, rng: np.random.Generator, *,
   if flip and rng.random() < 0.5:
     image, label = image[:, ::-1], label[:, ::-1]
   if scale_range != (1.0, 1.0):
-    image, label = rescale(image, label, rng.uniform(*scale_range))
+    image, label = transforms.rescale(image, label,
+                                      rng.uniform(*scale_range))
   image = preprocess(image)
   label = np.asarray(label, np.int32)
   if crop_size > 0:
-    image, label = random_crop_or_pad(image, label, crop_size, rng)
+    image, label = transforms.random_crop_or_pad(image, label, crop_size,
+                                                 rng)
   return dict({'image': image, 'id': np.int32(example['id'])},
               **_unstack_labels(label, keys))
-
-
-def rescale(image: np.ndarray, label: np.ndarray, factor: float):
-  """Resizes by `factor`: bilinear for the image, nearest for the labels."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  height, width = label.shape[:2]
-  size = (max(1, round(width * factor)), max(1, round(height * factor)))
-  if image.dtype == np.uint8:
-    image = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(
-        size, Image.BILINEAR))
-  else:  # Preprocessed float channels: each resized on its own.
-    image = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(
-        image[..., c], np.float32)).resize(size, Image.BILINEAR))
-                      for c in range(image.shape[-1])], axis=-1)
-  def nearest(plane):
-    return np.asarray(Image.fromarray(np.ascontiguousarray(
-        plane, dtype=np.uint8)).resize(size, Image.NEAREST))
-  if label.ndim == 2:
-    return image, nearest(label)
-  return image, np.stack([nearest(label[..., k])
-                          for k in range(label.shape[-1])], axis=-1)
-
-
-def random_crop_or_pad(image: np.ndarray, label: np.ndarray, size: int,
-                       rng: np.random.Generator):
-  """A random size x size window; sides shorter than `size` are padded.
-
-  `image` is preprocessed (mean subtracted), so its padding is 0 = the mean
-  colour; label padding is the ignore label.
-  """
-  image, label = pad_to(image, label, max(size, label.shape[0]),
-                        max(size, label.shape[1]))
-  top = int(rng.integers(0, label.shape[0] - size + 1))
-  left = int(rng.integers(0, label.shape[1] - size + 1))
-  return (image[top:top + size, left:left + size],
-          label[top:top + size, left:left + size])
-
-
-def pad_to(image: np.ndarray, label: np.ndarray, height: int, width: int):
-  """Pads at the bottom/right: image with 0 (the mean), labels with 255."""
-  pad_h, pad_w = height - label.shape[0], width - label.shape[1]
-  extra_axes = ((0, 0),) * (label.ndim - 2)  # stacked label maps
-  if pad_h < 0 or pad_w < 0:
-    raise ValueError(f'Image of {label.shape[0]}x{label.shape[1]} (HxW) does '
-                     f'not fit the padded shape {height}x{width}; raise '
-                     'config.pad_size.')
-  if pad_h == 0 and pad_w == 0:
-    return image, label
-  image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)))
-  label = np.pad(label, ((0, pad_h), (0, pad_w)) + extra_axes,
-                 constant_values=IGNORE_INDEX)
-  return image, label
-
-
-def bucket_shape(shapes: Sequence[tuple[int, int]], pad_multiple: int = 1,
-                 pad_size: int = 0) -> tuple[int, int]:
-  """The padded (H, W) of a batch of images with (H, W) `shapes`."""
-  if pad_size > 0:
-    return pad_size, pad_size
-  height = max(h for h, _ in shapes)
-  width = max(w for _, w in shapes)
-  multiple = max(1, pad_multiple)
-  return (math.ceil(height / multiple) * multiple,
-          math.ceil(width / multiple) * multiple)
 
 
 def pad_and_stack(examples: Sequence[dict], pad_multiple: int = 1,
                   pad_size: int = 0) -> dict:
   """Stacks preprocessed examples, padding each to the batch's bucket shape."""
-  height, width = bucket_shape([e['label'].shape for e in examples],
-                               pad_multiple, pad_size)
+  height, width = transforms.bucket_shape(
+      [e['label'].shape for e in examples], pad_multiple, pad_size)
   keys = label_keys(examples[0])
   images, labels = [], []
   for example in examples:
-    image, label = pad_to(example['image'], _stack_labels(example), height,
-                          width)
+    image, label = transforms.pad_to(example['image'], _stack_labels(example),
+                                     height, width)
     images.append(image)
     labels.append(label)
   return dict({'image': np.stack(images),
@@ -451,7 +391,7 @@ def eval_dataset(source, global_batch_size: int, pad_multiple: int = 1,
 
   Element i is this process's slice of global batch i: the examples in
   order, images of mixed sizes padded to their batch's bucket shape
-  (`bucket_shape`) with ignore labels; the last batch is filled up with
+  (`transforms.bucket_shape`) with ignore labels; the last batch is filled up with
   all-ignore examples, so batch sizes stay fixed. Padded pixels count nowhere
   in the confusion matrix.
   """

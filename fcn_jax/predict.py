@@ -64,20 +64,22 @@ def list_images(path: str) -> list[str]:
   """The image files named by `path` (a file, or a folder's image files).
 
   Raises:
-    FileNotFoundError / ValueError: with the path, if it is missing or a
-      folder without images.
+    errors.MissingFileError (a FileNotFoundError) / errors.BadFileError
+      (a ValueError): with the path, if it is missing or a folder without
+      images.
   """
   if os.path.isfile(path):
     return [path]
   if not os.path.isdir(path):
-    raise FileNotFoundError(f'--input={path}: no such file or folder.')
+    raise errors.MissingFileError(f'--input={path}: no such file or '
+                                  'folder.')
   files = sorted(
       os.path.join(path, name) for name in os.listdir(path)
       if not name.startswith('.') and os.path.isfile(os.path.join(path, name))
       and name.lower().endswith(IMAGE_EXTENSIONS))
   if not files:
-    raise ValueError(f'--input={path}: folder holds no images (looked for '
-                     f'{", ".join(IMAGE_EXTENSIONS)}).')
+    raise errors.BadFileError(f'--input={path}: folder holds no images '
+                              f'(looked for {", ".join(IMAGE_EXTENSIONS)}).')
   return files
 
 
@@ -246,10 +248,7 @@ def main(argv):
 def _define_flags():
   """Flags of the command line (defined only when run as a program, so the
   module can be imported next to other fcn_jax programs)."""
-  flags.DEFINE_string('workdir', None, 'Training workdir (config.json + '
-                      'checkpoints/). Either this or --checkpoint.')
-  flags.DEFINE_string('checkpoint', 'best', "With --workdir: 'best', 'latest', "
-                      'a step or a path; alone: a checkpoint directory.')
+  cli.define_checkpoint_flags()
   flags.DEFINE_string('input', None, 'An image file or a folder of images.')
   flags.DEFINE_string('output', None, 'Folder for the outputs (created).')
   flags.DEFINE_bool('tta', False, 'Test-time augmentation: average over '
@@ -263,18 +262,11 @@ def _define_flags():
                        'refused as decompression bombs. Raise it for real '
                        'gigapixel images (they are segmented in tiles).')
   flags.DEFINE_float('overlap', 1 / 3, 'Tile overlap, as a fraction of --window.')
-  flags.DEFINE_enum('dtype', '', ['', 'float32', 'bfloat16'], 'Computation '
-                    "dtype ('' = the training config's); bfloat16 is for "
-                    'accelerators.')
   flags.DEFINE_bool('probabilities', False, 'Also write per-class probability '
                     'heat maps.')
   flags.DEFINE_bool('bucket', True, 'Pad images to a few bucket shapes so that '
                     'mixed sizes reuse compilations.')
-  flags.DEFINE_string('model', '', 'Override the model variant (e.g. '
-                      'fcn8s-atonce for converted weights without config.json).')
-  flags.DEFINE_integer('seed', -1, 'For a run of several seeds '
-                       '(config.seeds): the seed to use; -1 = the best by '
-                       'validation mean IU.')
+  cli.define_model_flag()
   flags.DEFINE_float('overlay_alpha', 0.5, 'Opacity of the colours in overlays.')
   flags.DEFINE_string('hha', None, 'NYUDv2 HHA / RGB-HHA models: folder of '
                       'HHA images named like the inputs.')
@@ -284,5 +276,4 @@ def _define_flags():
 
 if __name__ == '__main__':
   _define_flags()
-  cli.run(main, user_errors=(ValueError, FileNotFoundError),
-          path_flags=('workdir', 'checkpoint', 'input', 'output'))
+  cli.run(main, path_flags=('workdir', 'checkpoint', 'input', 'output'))

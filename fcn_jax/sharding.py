@@ -17,6 +17,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from fcn_jax import fault_tolerance
+
 DATA_AXIS = 'data'
 
 
@@ -67,10 +69,11 @@ def check_batch_size(batch_size: int, mesh: Mesh, flag: str = 'batch_size',
       split into this many equal micro-batches.
   """
   if batch_size <= 0 or batch_size % mesh.size:
-    raise ValueError(f'config.{flag}={batch_size} must be a positive multiple '
-                     f'of the number of devices ({mesh.size}).')
+    raise fault_tolerance.ConfigError(
+        f'config.{flag}={batch_size} must be a positive multiple of the '
+        f'number of devices ({mesh.size}).')
   if batch_size % (mesh.size * micro_batches):
-    raise ValueError(
+    raise fault_tolerance.ConfigError(
         f'config.{flag}={batch_size} must be a multiple of '
         f'config.grad_accum_steps x devices ({micro_batches} x {mesh.size} = '
         f'{micro_batches * mesh.size}).')

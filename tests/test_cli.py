@@ -151,3 +151,43 @@ def test_error_in_a_data_worker_process_is_one_line(tmp_path):
       'the ignore label 255.')
   for noise in ('Traceback', 'leaked', 'resource_tracker', 'Grain'):
     assert noise not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_commands_turn_exactly_user_errors_into_one_line(capsys):
+  # What cli.run wraps every command's main in, with no list of classes: a
+  # UserError subclass is one line, a plain ValueError (a bug) propagates.
+  for error in (errors.FlagError('--shapes=0x1: sides must be positive.'),
+                errors.BadFileError('x.pth: truncated.')):
+    with pytest.raises(SystemExit, match='^1$'):
+      cli.catch_user_errors(_main_raising(error))(['prog'])
+    assert capsys.readouterr().err == f'error: {error}\n'
+  with pytest.raises(ValueError, match='bug'):
+    cli.catch_user_errors(_main_raising(ValueError('bug')))(['prog'])
+
+
+def test_a_bug_in_a_command_keeps_its_traceback(tmp_path, monkeypatch):
+  # experiments.report once caught every ValueError as an 'Error:' line; a
+  # bug in its summary code must now surface as the exception itself.
+  from experiments import report  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'metrics.jsonl').write_text(
+      '{"step": 1, "split": "val", "mean_iu": 0.5}\n')
+  def buggy_summary(runs):
+    raise ValueError(f'bug while summarizing {len(runs)} run(s)')
+  monkeypatch.setattr(report, 'summarize', buggy_summary)
+  with pytest.raises(ValueError, match='bug while summarizing 1 run'):
+    cli.catch_user_errors(report.main)(['report', str(tmp_path)])
+
+
+def test_user_file_names_the_file_and_passes_bugs(tmp_path):
+  missing = str(tmp_path / 'gone.pth')
+  with pytest.raises(errors.MissingFileError) as info:
+    with errors.user_file(missing):
+      open(missing, 'rb')
+  assert isinstance(info.value, (FileNotFoundError, errors.UserError))
+  assert str(info.value).count(missing) == 1  # Named once, not repeated.
+  with pytest.raises(errors.BadFileError, match=r'^x\.pth: truncated\.$'):
+    with errors.user_file('x.pth'):
+      raise ValueError('truncated.')
+  with pytest.raises(KeyError):  # Not a file problem: unchanged.
+    with errors.user_file('x.pth'):
+      raise KeyError('bug')

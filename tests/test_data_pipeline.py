@@ -16,6 +16,7 @@ from fcn_jax import metrics
 from fcn_jax import sharding
 from fcn_jax import train
 from fcn_jax.configs import default
+from fcn_jax.data import transforms
 from fcn_jax.data import voc
 
 MINI = os.path.join(os.path.dirname(__file__), 'data', 'voc-real-mini')
@@ -48,7 +49,7 @@ def test_random_crop_or_pad_geometry():
   expected_left = np.random.default_rng(rng_seed)
   expected_left.integers(0, 1)  # The top offset: 4 - 4 + 1 = one choice.
   left = int(expected_left.integers(0, 2))
-  out_image, out_label = input_pipeline.random_crop_or_pad(
+  out_image, out_label = transforms.random_crop_or_pad(
       image, label, 4, np.random.default_rng(rng_seed))
   assert out_image.shape == (4, 4, 1) and out_label.shape == (4, 4)
   np.testing.assert_array_equal(out_label[:3], label[:, left:left + 4])
@@ -59,10 +60,10 @@ def test_random_crop_or_pad_geometry():
 
 def test_bucket_shapes():
   # VOC's sizes: landscape 500x375 and portrait 334x500 (WxH) in one batch.
-  assert input_pipeline.bucket_shape([(375, 500), (500, 334)], 32) == (512, 512)
-  assert input_pipeline.bucket_shape([(338, 500)], 32) == (352, 512)
-  assert input_pipeline.bucket_shape([(338, 500)], 1) == (338, 500)
-  assert input_pipeline.bucket_shape([(338, 500)], 32, 512) == (512, 512)
+  assert transforms.bucket_shape([(375, 500), (500, 334)], 32) == (512, 512)
+  assert transforms.bucket_shape([(338, 500)], 32) == (352, 512)
+  assert transforms.bucket_shape([(338, 500)], 1) == (338, 500)
+  assert transforms.bucket_shape([(338, 500)], 32, 512) == (512, 512)
 
 
 def test_padded_batch_summed_loss_equals_sum_of_per_image_losses():
@@ -151,7 +152,7 @@ def test_whole_image_batches_pad_to_a_bucket():
   batch = _dataset(0, augment=False, pad_multiple=8)[0]
   shapes = [TinySource([(10, 12), (14, 9), (8, 8), (12, 16), (9, 11)])
             .shapes[i] for i in batch['id']]
-  expected = input_pipeline.bucket_shape(shapes, 8)
+  expected = transforms.bucket_shape(shapes, 8)
   assert batch['image'].shape == (2,) + expected + (3,)
   for i, (h, w) in enumerate(shapes):
     assert (batch['label'][i, h:] == 255).all()

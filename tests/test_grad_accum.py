@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fcn_jax import config_checks
+from fcn_jax import grad_accum
 from fcn_jax import losses
 from fcn_jax import sharding
 from fcn_jax import train
@@ -107,7 +108,7 @@ def test_accumulated_gradient_is_whole_batch_gradient():
 
   loss, grads = jax.jit(jax.value_and_grad(whole_loss))(state.params)
   accum_loss, accum_grads = jax.jit(
-      train.accumulated_loss_and_grads, static_argnums=(3, 4))(
+      grad_accum.accumulated_loss_and_grads, static_argnums=(3, 4))(
           state, batch, jax.random.key(0), 'sum', 4)
   np.testing.assert_allclose(accum_loss, loss, rtol=1e-6)
   diffs = _max_relative_diffs(grads, accum_grads)
@@ -130,7 +131,7 @@ def test_averaging_micro_batch_means_would_be_wrong():
 
 def test_micro_batches_are_strided_slices():
   batch = {'x': np.arange(12 * 2).reshape(12, 2)}
-  micro = jax.device_get(train.split_micro_batches(batch, 3))['x']
+  micro = jax.device_get(grad_accum.split_micro_batches(batch, 3))['x']
   assert micro.shape == (3, 4, 2)
   for i in range(3):
     np.testing.assert_array_equal(micro[i], batch['x'][i::3])
