@@ -45,6 +45,7 @@ from absl import flags
 
 # --tiny, --repeats and --warmup are fcn_jax.benchmark's flags.
 from fcn_jax import benchmark as benchmark_flags
+from fcn_jax import benchmark_runners as runners
 
 _OUT = flags.DEFINE_string('out', 'gpu_benchmark_out', 'Output folder.')
 _PART = flags.DEFINE_enum('part', 'main', ['main', 'flags', 'report'],
@@ -197,9 +198,8 @@ def op_time_summary(trace_dir: str, steps: int, top: int = 25) -> dict:
 
 def profile_train_step(width: float, batch: int, size, steps: int = 3) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  from fcn_jax import benchmark  # pylint: disable=g-import-not-at-top
-  runner = benchmark.JaxRunner(width, 'auto')
-  images, labels = benchmark.random_batch(batch, *size)
+  runner = runners.JaxRunner(width, 'auto')
+  images, labels = runners.random_batch(batch, *size)
   for _ in range(2):
     runner.run_train_step(images, labels)
   trace_dir = tempfile.mkdtemp(prefix='fcn_jax_profile_')
@@ -236,6 +236,14 @@ def time_alternating(fns: list[tuple[Callable[[], Any], Any]], repeats: int,
   return [statistics.median(t) for t in times]
 
 
+def _out_of_time(deadline: float, results: dict, what: str) -> bool:
+  """Whether the time budget is spent; if so `what` is listed as skipped."""
+  if time.time() <= deadline:
+    return False
+  results.setdefault('skipped', []).append(f'{what}: time budget')
+  return True
+
+
 def _device_info():
   import jax  # pylint: disable=g-import-not-at-top
   device = jax.devices()[0]
@@ -246,37 +254,28 @@ def _device_info():
 def measure_rows(geo: dict, dtypes, repeats: int, warmup: int, deadline: float,
                  save: Callable[[], None], results: dict) -> None:
   import jax  # pylint: disable=g-import-not-at-top
-  from fcn_jax import benchmark  # pylint: disable=g-import-not-at-top
-  torch = benchmark.import_torch()
-  on_cpu = jax.default_backend() == 'cpu'
-  torch_device = 'cpu'
-  if torch is not None and not on_cpu:
-    if torch.cuda.is_available():
-      torch_device = 'cuda'
-      torch.backends.cudnn.benchmark = True
-    else:
-      torch = None
+  torch, torch_device = runners.torch_device(
+      runners.import_torch(), jax.default_backend() == 'cpu')
   results['torch'] = torch and torch.__version__
   results['torch_device'] = torch_device
   for dtype in dtypes:
-    peak, peak_how = benchmark.machine_peak_flops(dtype)
-    runner = benchmark.JaxRunner(geo['width'], 'auto', dtype=dtype)
-    torch_runner = (benchmark.TorchRunner(
+    peak, peak_how = runners.machine_peak_flops(dtype)
+    runner = runners.JaxRunner(geo['width'], 'auto', dtype=dtype)
+    torch_runner = (runners.TorchRunner(
         torch, geo['width'], jax.device_get(runner.params), torch_device,
         dtype) if torch else None)
     if torch_runner:
-      images, _ = benchmark.random_batch(geo['check_size'][0],
+      images, _ = runners.random_batch(geo['check_size'][0],
                                          *geo['check_size'][1])
       results.setdefault('logit_error', {})[dtype] = (
-          benchmark.check_same_logits(
+          runners.check_same_logits(
               runner, torch_runner, images,
               1e-3 if dtype == 'float32' else 0.1, fatal=dtype == 'float32'))
     for kind, batch, size in geo['cases']:
-      if time.time() > deadline:
-        results.setdefault('skipped', []).append(
-            f'row {kind} batch {batch} {size[1]}x{size[0]} {dtype}: time budget')
+      if _out_of_time(deadline, results,
+                      f'row {kind} batch {batch} {size[1]}x{size[0]} {dtype}'):
         continue
-      images, labels = benchmark.random_batch(batch, *size)
+      images, labels = runners.random_batch(batch, *size)
       row = {'kind': kind, 'batch': batch, 'size': f'{size[1]}x{size[0]}',
              'dtype': dtype, 'peak_flops': peak, 'peak_how': peak_how}
       row['jax_compile_s'] = runner.compile(kind, images, labels)
@@ -321,24 +320,22 @@ def measure_variants(geo: dict, names, repeats: int, warmup: int,
                      results: dict) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from fcn_jax import benchmark  # pylint: disable=g-import-not-at-top
   specs = variant_specs()
-  base = benchmark.JaxRunner(geo['width'], 'auto')
+  base = runners.JaxRunner(geo['width'], 'auto')
   params = jax.device_get(base.params)
-  check_images, _ = benchmark.random_batch(geo['check_size'][0],
+  check_images, _ = runners.random_batch(geo['check_size'][0],
                                            *geo['check_size'][1], seed=1)
   base_logits = np.asarray(base.run_forward(check_images))
   scale = max(float(np.max(np.abs(base_logits))), 1e-12)
   for name in names:
     spec = specs[name]
-    if time.time() > deadline:
-      results.setdefault('skipped', []).append(f'variant {name}: time budget')
+    if _out_of_time(deadline, results, f'variant {name}'):
       continue
     ctx = lambda spec=spec: variant_context(spec)
     runner_kwargs = dict(spec.get('runner', {}))
     fast_ops = runner_kwargs.pop('fast_ops', 'auto')
     with ctx():
-      runner = benchmark.JaxRunner(geo['width'], fast_ops, params=params,
+      runner = runners.JaxRunner(geo['width'], fast_ops, params=params,
                                    **runner_kwargs)
       logits = np.asarray(runner.run_forward(check_images))
     entry = {'variant': name, 'same_function': spec['same_function'],
@@ -346,11 +343,10 @@ def measure_variants(geo: dict, names, repeats: int, warmup: int,
                              if logits.shape == base_logits.shape else None),
              'rows': []}
     for kind, batch, size in geo['variant_cases']:
-      if time.time() > deadline:
-        results.setdefault('skipped', []).append(
-            f'variant {name} {kind} batch {batch}: time budget')
+      if _out_of_time(deadline, results,
+                      f'variant {name} {kind} batch {batch}'):
         continue
-      images, labels = benchmark.random_batch(batch, *size)
+      images, labels = runners.random_batch(batch, *size)
       with ctx():
         compile_s = runner.compile(kind, images, labels)
         device_bytes = runner.memory_bytes(kind, images, labels)
@@ -375,12 +371,11 @@ def measure_variants(geo: dict, names, repeats: int, warmup: int,
 
 def measure_flags(geo: dict, tag: str, repeats: int, warmup: int,
                   results: dict) -> None:
-  from fcn_jax import benchmark  # pylint: disable=g-import-not-at-top
-  runner = benchmark.JaxRunner(geo['width'], 'auto')
+  runner = runners.JaxRunner(geo['width'], 'auto')
   entry = {'tag': tag, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
            'rows': []}
   for kind, batch, size in geo['variant_cases'][:1]:  # Seconds matter here.
-    images, labels = benchmark.random_batch(batch, *size)
+    images, labels = runners.random_batch(batch, *size)
     compile_s = runner.compile(kind, images, labels)
     (seconds,) = time_alternating(
         [(lambda: runner.run_train_step(images, labels), None)], repeats,

@@ -36,6 +36,7 @@ import numpy as np
 
 from fcn_jax import caffemodel
 from fcn_jax import models
+from fcn_jax import surgery
 
 DL = 'http://dl.caffe.berkeleyvision.org/'
 
@@ -250,7 +251,6 @@ def _conv_weight(weight: np.ndarray, name: str, source: str) -> np.ndarray:
 
 def _inner_product_kernel(weight: np.ndarray, spatial: int, name: str,
                           source: str) -> np.ndarray:
-  from fcn_jax import convert  # pylint: disable=g-import-not-at-top
   # Legacy 4-D blobs store an (out, in) matrix as (1, 1, out, in).
   if weight.ndim == 4 and weight.shape[:2] == (1, 1):
     weight = weight[0, 0]
@@ -258,14 +258,13 @@ def _inner_product_kernel(weight: np.ndarray, spatial: int, name: str,
     raise caffemodel.CaffeModelError(
         f'{source}: InnerProduct {name!r} weight has shape {weight.shape}.')
   try:
-    return convert.linear_to_conv_kernel(weight, spatial)
+    return surgery.linear_to_conv_kernel(weight, spatial)
   except ValueError as e:
     raise caffemodel.CaffeModelError(f'{source}: layer {name!r}: {e}') from e
 
 
 def _layer_params(layer: caffemodel.CaffeLayer, arch: str, source: str):
   """{'kernel'[, 'bias']} of one layer in flax layout."""
-  from fcn_jax import convert  # pylint: disable=g-import-not-at-top
   weight, bias = _weight_and_bias(layer, source)
   if layer.type == 'InnerProduct':
     spatial = INNER_PRODUCT_SPATIAL.get(arch, {}).get(layer.name)
@@ -274,10 +273,10 @@ def _layer_params(layer: caffemodel.CaffeLayer, arch: str, source: str):
           f'{source}: unexpected InnerProduct layer {layer.name!r}.')
     kernel = _inner_product_kernel(weight, spatial, layer.name, source)
   elif layer.type == 'Deconvolution':
-    kernel = convert.conv_transpose_kernel(
+    kernel = surgery.conv_transpose_kernel(
         _conv_weight(weight, layer.name, source))
   else:
-    kernel = convert.conv_kernel(_conv_weight(weight, layer.name, source))
+    kernel = surgery.conv_kernel(_conv_weight(weight, layer.name, source))
   params = {'kernel': kernel}
   if bias is not None:
     if bias.size != kernel.shape[-1]:
@@ -330,7 +329,6 @@ def params_from_net(net: caffemodel.CaffeNet, arch: str, source: str = '',
     CaffeModelError: a layer of the table is missing or has the wrong kind
       of blobs.
   """
-  from fcn_jax import convert  # pylint: disable=g-import-not-at-top
   source = source or net.name or '.caffemodel'
   table = table_for_arch(arch)
   layers = net.by_name()
@@ -352,7 +350,7 @@ def params_from_net(net: caffemodel.CaffeNet, arch: str, source: str = '',
       upsampling[name] = (path, value)
     else:
       _set(params, path, value)
-  bilinear = all(convert.is_bilinear(v['kernel']) for _, v in
+  bilinear = all(surgery.is_bilinear(v['kernel']) for _, v in
                  upsampling.values())
   if learn_upsampling is False and not bilinear:
     raise caffemodel.CaffeModelError(
@@ -380,7 +378,7 @@ def convert_caffemodel(path: str, model: str = '',
     learn_upsampling: as in `params_from_net`.
 
   Returns:
-    (params, metadata) with the keys `convert.save_params` writes.
+    (params, metadata) with the keys `workdir.save_params` writes.
   """
   net = caffemodel.read_caffemodel(path)
   if model in REFERENCE_MODELS:

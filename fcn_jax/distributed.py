@@ -22,6 +22,8 @@ import os
 import jax
 from absl import logging
 
+from fcn_jax import errors
+
 ENV_COORDINATOR = 'JAX_COORDINATOR_ADDRESS'
 ENV_NUM_PROCESSES = 'JAX_NUM_PROCESSES'
 ENV_PROCESS_ID = 'JAX_PROCESS_ID'
@@ -36,8 +38,8 @@ def _int_setting(value: int | None, env: str, flag: str) -> int | None:
   try:
     return int(text)
   except ValueError:
-    raise ValueError(f'Environment variable {env}={text!r} (or --{flag}) '
-                     'must be an integer.') from None
+    raise errors.FlagError(f'Environment variable {env}={text!r} (or '
+                           f'--{flag}) must be an integer.') from None
 
 
 def _uses_cpu() -> bool:
@@ -77,18 +79,19 @@ def initialize(coordinator_address: str | None = None,
   if not auto_detect and all(v is None for v in given):
     return False
   if not auto_detect and None in given:
-    raise ValueError(
+    raise errors.FlagError(
         '--coordinator_address, --num_processes and --process_id (or '
         f'{ENV_COORDINATOR}, {ENV_NUM_PROCESSES}, {ENV_PROCESS_ID}) must be '
         'given together, or use --distributed to detect them from the '
         f'cluster; got {coordinator_address=}, {num_processes=}, '
         f'{process_id=}.')
   if num_processes is not None and num_processes < 1:
-    raise ValueError(f'--num_processes={num_processes} must be positive.')
+    raise errors.FlagError(f'--num_processes={num_processes} must be positive.')
   if process_id is not None and num_processes is not None and not (
       0 <= process_id < num_processes):
-    raise ValueError(f'--process_id={process_id} must be in '
-                     f'[0, {num_processes}) for --num_processes={num_processes}.')
+    raise errors.FlagError(
+        f'--process_id={process_id} must be in [0, {num_processes}) for '
+        f'--num_processes={num_processes}.')
   if _uses_cpu():
     # CPU devices of different processes talk through gloo (TCP).
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')

@@ -35,6 +35,8 @@ from fcn_jax import convert
 from fcn_jax import errors
 from fcn_jax import input_pipeline
 from fcn_jax import models
+from fcn_jax import pth
+from fcn_jax import surgery
 from fcn_jax import workdir as workdir_lib
 from fcn_jax.data import decode
 
@@ -76,14 +78,14 @@ def load_classifier_params(weights: str, fmt: str = 'auto') -> dict:
     params, _ = workdir_lib.load_params(weights)
   else:
     if fmt == 'auto':
-      known = convert.verify_checksum(weights)
+      known = surgery.verify_checksum(weights)
       if known is None or not known['format'].startswith('vgg16'):
         raise errors.BadFileError(
             f'{weights}: unknown VGG16 file; pass --format=vgg16-caffe or '
             '--format=vgg16-torchvision.')
       fmt = known['format']
-    state = convert.state_dict_from(convert.load_pth(weights), weights)
-    params = convert.from_vgg16(state, fmt.split('-')[1], include_fc8=True)
+    state = pth.state_dict_from(pth.load_pth(weights), weights)
+    params = surgery.from_vgg16(state, fmt.split('-')[1], include_fc8=True)
   if 'fc8' not in params:
     raise errors.BadFileError(f'{weights}: no fc8 classifier layer; convert '
                               'the ImageNet VGG16 itself, not an FCN.')
@@ -92,7 +94,7 @@ def load_classifier_params(weights: str, fmt: str = 'auto') -> dict:
 
 def class_scores(params, images: jax.Array) -> jax.Array:
   """Softmax class probabilities per map cell, (N, h, w, 1000)."""
-  model = VGG16Classifier(width=convert.infer_width(params),
+  model = VGG16Classifier(width=surgery.infer_width(params),
                           num_classes=params['fc8']['kernel'].shape[-1])
   logits = model.apply({'params': params}, images)
   return jax.nn.softmax(logits, axis=-1)

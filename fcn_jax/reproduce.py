@@ -50,12 +50,13 @@ from absl import logging
 from fcn_jax import architecture
 from fcn_jax import caffe_models
 from fcn_jax import cli
-from fcn_jax import convert
 from fcn_jax import errors
 from fcn_jax import evaluate
 from fcn_jax import inference
 from fcn_jax import input_pipeline
 from fcn_jax import models
+from fcn_jax import pth
+from fcn_jax import surgery
 from fcn_jax import tasks
 from fcn_jax import writers
 from fcn_jax.configs import default as default_config
@@ -85,7 +86,7 @@ PUBLISHED_GEO_ACC = {'siftflow-fcn16s': 94.3}
 # The NYUDv2 models' inputs (tasks.input_mode / config.nyud_input).
 NYUD_INPUTS = {'nyud-fcn32s-color': 'color', 'nyud-fcn32s-hha': 'hha',
                'nyud-fcn32s-color-hha': 'color-hha'}
-# pytorch-fcn's conversions of the same Caffe models (convert.KNOWN_WEIGHTS).
+# pytorch-fcn's conversions of the same Caffe models (surgery.KNOWN_WEIGHTS).
 PTH_FILES = {
     'voc-fcn32s': 'fcn32s_from_caffe.pth', 'voc-fcn16s': 'fcn16s_from_caffe.pth',
     'voc-fcn8s': 'fcn8s_from_caffe.pth',
@@ -144,15 +145,15 @@ def convert_weights(path: str, model: str) -> tuple[dict, dict]:
   """(params, metadata) of a .caffemodel or pytorch-fcn .pth, in memory."""
   if path.endswith('.caffemodel'):
     return caffe_models.convert_caffemodel(path, model)
-  known = convert.verify_checksum(path)
+  known = surgery.verify_checksum(path)
   variant = (known or {}).get('variant') or caffe_models.REFERENCE_MODELS[
       model].arch
-  state = convert.state_dict_from(convert.load_pth(path), path)
-  params = convert.from_torchfcn(state, variant)
+  state = pth.state_dict_from(pth.load_pth(path), path)
+  params = surgery.from_torchfcn(state, variant)
   return params, {'variant': variant,
-                  'num_classes': convert.infer_num_classes(params),
-                  'width': convert.infer_width(params),
-                  'learn_upsampling': convert.has_learned_upsampling(params)}
+                  'num_classes': surgery.infer_num_classes(params),
+                  'width': surgery.infer_width(params),
+                  'learn_upsampling': surgery.has_learned_upsampling(params)}
 
 
 def _class_names(row: 'Row') -> tuple[str, ...]:

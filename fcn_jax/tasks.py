@@ -21,6 +21,7 @@ from fcn_jax import losses
 from fcn_jax import metrics as metrics_lib
 from fcn_jax import models
 from fcn_jax import multi_models
+from fcn_jax import surgery
 from fcn_jax import workdir as workdir_lib
 from fcn_jax.data import nyud
 from fcn_jax.data import pascal_context
@@ -195,7 +196,7 @@ def init_from(params, config: ml_collections.ConfigDict):
       stream, _ = workdir_lib.load_params(path)
       source.update({k + suffix: v for k, v in stream.items()
                      if not k.startswith('upscore')})
-  merged, _ = convert.merge_params(jax.device_get(params), source)
+  merged, _ = surgery.merge_params(jax.device_get(params), source)
   return jax.tree.map(lambda new, old: jax.device_put(new, old.sharding)
                       if hasattr(old, 'sharding') else new, merged, params)
 

@@ -23,6 +23,7 @@ from fcn_jax import convert
 from fcn_jax import inference
 from fcn_jax import layers
 from fcn_jax import models
+from fcn_jax import surgery
 from fcn_jax import workdir as workdir_lib
 from fcn_jax.configs import voc_fcn_alexnet
 
@@ -246,7 +247,7 @@ def test_surgery_from_bvlc_alexnet_and_config(tmp_path):
   model = models.get_model('fcn-alexnet', 21, width=1 / 16)
   target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), jax.eval_shape(
       lambda: models.init_params(model, jax.random.key(0))))
-  merged, report = convert.merge_params(target, source)
+  merged, report = surgery.merge_params(target, source)
   assert report['ignored'] == ['fc8'] and report['initialized'] == ['score_fr']
   # fc6 reads pool5 (C x 6 x 6) in Caffe's channel-major flatten order.
   fc6 = layers[5][2][0]

@@ -1,15 +1,10 @@
-"""Tests of fcn_jax.convert: .pth reading, layouts, surgery, torchfcn parity.
+"""Tests of fcn_jax.surgery and fcn_jax.convert: layouts, surgery, parity.
 
 The torch tests compare against independent PyTorch computations (torch's own
 Conv2d / ConvTranspose2d / Linear / MaxPool2d(ceil_mode) in small
 re-implementations of VGG16 and pytorch-fcn's FCNs); they skip when torch is
 not installed (.ci/run installs it: pip install torch==2.13.0).
 """
-
-import collections
-import os
-import pickle
-import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +16,7 @@ from fcn_jax import convert
 from fcn_jax import heatmap
 from fcn_jax import layers
 from fcn_jax import models
+from fcn_jax import surgery
 from fcn_jax import workdir as workdir_lib
 
 try:
@@ -43,102 +39,6 @@ def rel_err(a, b) -> float:
 
 
 # ---------------------------------------------------------------------------
-# Reading .pth files.
-# ---------------------------------------------------------------------------
-
-
-@needs_torch
-@pytest.mark.parametrize('legacy', [False, True], ids=['zip', 'legacy'])
-def test_load_pth_matches_torch_save(tmp_path, legacy):
-  base = torch.randn(4, 6)
-  conv = tnn.Conv2d(2, 3, 3)
-  data = collections.OrderedDict(
-      weight=torch.randn(3, 5, 2, 2),
-      steps=torch.arange(5, dtype=torch.int64),
-      transposed=base.t(),            # Non-contiguous strides.
-      view=base[1:3, 2:],             # Offset into a shared storage.
-      half=torch.randn(4).half(),
-      empty=torch.zeros(0, 3),
-      nested=conv.state_dict(),       # Carries _metadata via BUILD.
-      param=tnn.Parameter(torch.randn(2)),
-      epoch=7, name='fcn')
-  path = str(tmp_path / 'x.pth')
-  torch.save(data, path, _use_new_zipfile_serialization=not legacy)
-  assert zipfile.is_zipfile(path) != legacy
-  loaded = convert.load_pth(path)
-  for key in ('weight', 'steps', 'transposed', 'view', 'half', 'empty'):
-    expected = data[key].numpy()
-    assert loaded[key].dtype == expected.dtype, key
-    np.testing.assert_array_equal(loaded[key], expected)
-  for key, value in data['nested'].items():
-    np.testing.assert_array_equal(loaded['nested'][key], value.numpy())
-  np.testing.assert_array_equal(loaded['param'], data['param'].detach().numpy())
-  assert loaded['epoch'] == 7 and loaded['name'] == 'fcn'
-
-
-class _Exploit:
-  def __init__(self, marker):
-    self.marker = marker
-
-  def __reduce__(self):
-    return (os.system, (f'touch {self.marker}',))
-
-
-def test_malicious_pickle_is_refused(tmp_path):
-  marker = tmp_path / 'pwned'
-  payload = pickle.dumps({'conv1_1.weight': _Exploit(marker)}, protocol=2)
-  bare = tmp_path / 'bare.pth'
-  bare.write_bytes(payload)
-  # torch's legacy layout: magic number, protocol, system info, then the
-  # state dict pickle.
-  legacy = tmp_path / 'legacy.pth'
-  legacy.write_bytes(b''.join(pickle.dumps(v, protocol=2) for v in (
-      convert._LEGACY_MAGIC, convert._LEGACY_PROTOCOL,
-      {'little_endian': True})) + payload)
-  archive = tmp_path / 'zip.pth'
-  with zipfile.ZipFile(archive, 'w') as z:
-    z.writestr('archive/data.pkl', payload)
-  for path in (bare, legacy, archive):
-    with pytest.raises(pickle.UnpicklingError, match='refusing to load global'):
-      convert.load_pth(str(path))
-  assert not marker.exists()
-  # Sanity: the same payload would have run the command under plain pickle.
-  pickle.loads(payload)
-  assert marker.exists()
-
-
-def test_eval_via_builtins_is_refused(tmp_path):
-  path = tmp_path / 'eval.pth'
-  path.write_bytes(b"cbuiltins\neval\n(S'1+1'\ntR.")
-  with pytest.raises(pickle.UnpicklingError, match='builtins.eval'):
-    convert.load_pth(str(path))
-
-
-@needs_torch
-def test_tensor_beyond_its_storage_is_refused(tmp_path):
-  good = str(tmp_path / 'good.pth')
-  torch.save({'w': torch.randn(8)}, good)
-  bad = str(tmp_path / 'bad.pth')
-  with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, 'w') as dst:
-    for name in src.namelist():
-      content = src.read(name)
-      if name.endswith('/data/0'):
-        content = content[:4 * 5]  # 5 of the 8 floats.
-      dst.writestr(name, content)
-  with pytest.raises(pickle.UnpicklingError, match='exceeds its storage'):
-    convert.load_pth(bad)
-
-
-def test_not_a_pth_file(tmp_path):
-  path = tmp_path / 'notes.pth'
-  path.write_text('hello')
-  with pytest.raises((ValueError, pickle.UnpicklingError), match='notes.pth'):
-    convert.load_pth(str(path))
-  with pytest.raises(FileNotFoundError, match='missing.pth'):
-    convert.load_pth(str(tmp_path / 'missing.pth'))
-
-
-# ---------------------------------------------------------------------------
 # Layouts, checked against the defining formulas in numpy.
 # ---------------------------------------------------------------------------
 
@@ -155,7 +55,7 @@ def test_conv_transpose_kernel_is_a_transpose_not_a_flip():
       expected[i * s:i * s + k, j * s:j * s + k] += np.einsum(
           'c,coab->abo', x[i, j], w)
   got = layers.conv_transpose(jnp.asarray(x[None], jnp.float32),
-                              jnp.asarray(convert.conv_transpose_kernel(w)), s)
+                              jnp.asarray(surgery.conv_transpose_kernel(w)), s)
   np.testing.assert_allclose(got[0], expected, rtol=1e-5, atol=1e-5)
 
 
@@ -167,7 +67,7 @@ def test_conv_transpose_kernel_matches_torch():
   expected = layer(x).detach().numpy().transpose(0, 2, 3, 1)
   got = layers.conv_transpose(
       jnp.asarray(x.numpy().transpose(0, 2, 3, 1)),
-      jnp.asarray(convert.conv_transpose_kernel(layer.weight)), 8)
+      jnp.asarray(surgery.conv_transpose_kernel(layer.weight)), 8)
   assert rel_err(got, expected) < 1e-5
 
 
@@ -177,12 +77,12 @@ def test_linear_to_conv_kernel_reads_torch_flatten_order():
   weight = rng.normal(size=(out, channels * spatial * spatial))
   features = rng.normal(size=(channels, spatial, spatial))  # torch (C, H, W).
   dense = weight @ features.reshape(-1)  # torch's flatten is C-major.
-  kernel = convert.linear_to_conv_kernel(weight, spatial)
+  kernel = surgery.linear_to_conv_kernel(weight, spatial)
   assert kernel.shape == (spatial, spatial, channels, out)
   conv = np.einsum('hwco,chw->o', kernel, features)  # The 1x1 conv output.
   np.testing.assert_allclose(conv, dense, rtol=1e-5)
   with pytest.raises(ValueError, match='7x7'):
-    convert.linear_to_conv_kernel(weight[:, :-1], spatial)
+    surgery.linear_to_conv_kernel(weight[:, :-1], spatial)
 
 
 def test_fold_torchvision_normalization_is_exact_away_from_padding():
@@ -191,22 +91,22 @@ def test_fold_torchvision_normalization_is_exact_away_from_padding():
   bias = rng.normal(size=4).astype(np.float32)
   rgb = rng.integers(0, 256, size=(1, 9, 11, 3)).astype(np.float64)
   ours = rgb[..., ::-1] - np.asarray(models.MEAN_BGR)  # fcn_jax convention.
-  tv = (rgb / 255 - convert.TORCHVISION_MEAN_RGB) / convert.TORCHVISION_STD_RGB
+  tv = (rgb / 255 - surgery.TORCHVISION_MEAN_RGB) / surgery.TORCHVISION_STD_RGB
 
   def conv(x, k, b):
     return jax.lax.conv_general_dilated(
         jnp.asarray(x, jnp.float32), jnp.asarray(k), (1, 1), 'VALID',
         dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + b
 
-  folded = convert.fold_torchvision_normalization(kernel, bias)
+  folded = surgery.fold_torchvision_normalization(kernel, bias)
   np.testing.assert_allclose(conv(ours, *folded), conv(tv, kernel, bias),
                              rtol=1e-4, atol=1e-4)
   # Our zero input is the Caffe mean colour; in torchvision units that is
   # `delta`, which torchvision_padding_value inverts: padding our input with
   # it means torchvision's zero padding.
-  pad = convert.torchvision_padding_value()
+  pad = surgery.torchvision_padding_value()
   as_tv = ((pad[::-1] + np.asarray(models.MEAN_BGR)[::-1]) / 255
-           - convert.TORCHVISION_MEAN_RGB) / convert.TORCHVISION_STD_RGB
+           - surgery.TORCHVISION_MEAN_RGB) / surgery.TORCHVISION_STD_RGB
   np.testing.assert_allclose(as_tv, 0, atol=1e-6)
   assert np.abs(pad).max() < 1.3  # Under 1.3 grey levels.
 
@@ -251,7 +151,7 @@ def classifier_logits(params, images):
 @needs_torch
 def test_surgery_224_equals_dense_classifier():
   vgg = vgg16_state()
-  params = convert.from_vgg16(vgg.state_dict(), 'caffe')
+  params = surgery.from_vgg16(vgg.state_dict(), 'caffe')
   assert params['fc6']['kernel'].shape == (7, 7, CHANNELS[-1], FC)
   assert params['fc8']['kernel'].shape == (1, 1, FC, 1000)
   x = np.random.default_rng(0).normal(0, 60, (2, 224, 224, 3)).astype(np.float32)
@@ -266,7 +166,7 @@ def test_surgery_224_equals_dense_classifier():
 @needs_torch
 def test_heatmap_cells_equal_dense_classifier_on_windows():
   vgg = vgg16_state(1)
-  params = convert.from_vgg16(vgg.state_dict(), 'caffe')
+  params = surgery.from_vgg16(vgg.state_dict(), 'caffe')
   x = np.random.default_rng(1).normal(0, 60, (1, 288, 320, 3)).astype(np.float32)
   conv = classifier_logits(params, x)
   assert conv.shape == (1, 3, 4, 1000)  # (288/32 - 6, 320/32 - 6).
@@ -282,16 +182,16 @@ def test_heatmap_cells_equal_dense_classifier_on_windows():
 @needs_torch
 def test_torchvision_input_convention_is_folded():
   vgg = vgg16_state(2)
-  params = convert.from_vgg16(vgg.state_dict(), 'torchvision')
+  params = surgery.from_vgg16(vgg.state_dict(), 'torchvision')
   rgb = np.random.default_rng(2).integers(0, 256, (1, 224, 224, 3))
   ours = (rgb[..., ::-1] - np.asarray(models.MEAN_BGR)).astype(np.float32)
-  tv = ((rgb / 255 - convert.TORCHVISION_MEAN_RGB)
-        / convert.TORCHVISION_STD_RGB).astype(np.float32)
+  tv = ((rgb / 255 - surgery.TORCHVISION_MEAN_RGB)
+        / surgery.TORCHVISION_STD_RGB).astype(np.float32)
   # torchvision pads conv1_1 with its zero; ours pads with the Caffe mean.
   # Pad our input with the value meaning torchvision's zero and drop our
   # conv1_1 padding: then the two must agree exactly.
-  padded = np.pad(ours - convert.torchvision_padding_value(),
-                  ((0, 0), (1, 1), (1, 1), (0, 0))) + convert.torchvision_padding_value()
+  padded = np.pad(ours - surgery.torchvision_padding_value(),
+                  ((0, 0), (1, 1), (1, 1), (0, 0))) + surgery.torchvision_padding_value()
   exact = heatmap.VGG16Classifier(width=WIDTH, input_padding=0).apply(
       {'params': params}, jnp.asarray(padded))
   with torch.no_grad():
@@ -305,9 +205,9 @@ def test_torchvision_input_convention_is_folded():
 
 def test_from_vgg16_rejects_other_state_dicts():
   with pytest.raises(ValueError, match='VGG16 state dict: missing'):
-    convert.from_vgg16({'conv1_1.weight': np.zeros((64, 3, 3, 3))})
+    surgery.from_vgg16({'conv1_1.weight': np.zeros((64, 3, 3, 3))})
   with pytest.raises(ValueError, match='input_format'):
-    convert.from_vgg16({}, 'bgr')
+    surgery.from_vgg16({}, 'bgr')
 
 
 # ---------------------------------------------------------------------------
@@ -406,8 +306,8 @@ def fcn_logits(net, variant, params, x, learn_upsampling):
 @pytest.mark.parametrize('variant', models.VARIANTS)
 def test_torchfcn_parity_random_upsampling(variant):
   net = torch_fcn(variant)
-  params = convert.from_torchfcn(net.state_dict(), variant)
-  assert convert.has_learned_upsampling(params)
+  params = surgery.from_torchfcn(net.state_dict(), variant)
+  assert surgery.has_learned_upsampling(params)
   x = np.random.default_rng(3).normal(0, 60, (1, 37, 45, 3)).astype(np.float32)
   ours, ref = fcn_logits(net, variant, params, x, learn_upsampling=True)
   assert ours.shape == ref.shape == (1, 37, 45, 5)
@@ -418,30 +318,30 @@ def test_torchfcn_parity_random_upsampling(variant):
 @pytest.mark.parametrize('variant', ['fcn32s', 'fcn8s'])
 def test_torchfcn_bilinear_upsampling_uses_frozen_model(variant):
   net = torch_fcn(variant, seed=1, bilinear=True)
-  params = convert.from_torchfcn(net.state_dict(), variant)
-  assert not convert.has_learned_upsampling(params)
+  params = surgery.from_torchfcn(net.state_dict(), variant)
+  assert not surgery.has_learned_upsampling(params)
   x = np.random.default_rng(4).normal(0, 60, (1, 33, 29, 3)).astype(np.float32)
   ours, ref = fcn_logits(net, variant, params, x, learn_upsampling=False)
   assert rel_err(ours, ref) < 1e-4
 
 
 def test_from_torchfcn_errors():
-  state = {f'{n}.{p}': np.zeros((2, 2, 1, 1)) for n in convert.CONV_NAMES
+  state = {f'{n}.{p}': np.zeros((2, 2, 1, 1)) for n in surgery.CONV_NAMES
            for p in ('weight', 'bias')}
   with pytest.raises(ValueError, match='pytorch-fcn fcn32s state dict'):
-    convert.from_torchfcn(state, 'fcn32s')
+    surgery.from_torchfcn(state, 'fcn32s')
   with pytest.raises(ValueError, match='Unknown FCN variant'):
-    convert.from_torchfcn(state, 'fcn4s')
+    surgery.from_torchfcn(state, 'fcn4s')
 
 
 @needs_torch
 def test_from_torchfcn_refuses_frozen_for_learned_kernels():
   net = torch_fcn('fcn16s')
   with pytest.raises(ValueError, match='learn_upsampling=True'):
-    convert.from_torchfcn(net.state_dict(), 'fcn16s', learn_upsampling=False)
+    surgery.from_torchfcn(net.state_dict(), 'fcn16s', learn_upsampling=False)
   # An 8s file read as 16s names its extra layers.
   with pytest.raises(ValueError, match='unexpected'):
-    convert.from_torchfcn(torch_fcn('fcn8s').state_dict(), 'fcn16s')
+    surgery.from_torchfcn(torch_fcn('fcn8s').state_dict(), 'fcn16s')
 
 
 # ---------------------------------------------------------------------------
@@ -474,7 +374,7 @@ def test_known_file_with_wrong_checksum_is_refused(tmp_path):
   path.write_bytes(b'not the real weights')
   with pytest.raises(ValueError, match='md5 .* does not match .*aa75b158'):
     convert.convert_file(str(path), str(tmp_path / 'out'))
-  assert convert.verify_checksum(str(tmp_path / 'other.pth')) is None
+  assert surgery.verify_checksum(str(tmp_path / 'other.pth')) is None
 
 
 @needs_torch
@@ -485,15 +385,6 @@ def test_vgg16_file_needs_a_format(tmp_path):
     convert.convert_file(path, str(tmp_path / 'out'))
   metadata = convert.convert_file(path, str(tmp_path / 'out'), 'vgg16-caffe')
   assert metadata['variant'] == 'vgg16' and metadata['width'] == WIDTH
-
-
-def test_numpy_pickle_is_refused(tmp_path):
-  # Plain pickles of numpy arrays need numpy's reconstruct global: refused
-  # too (only torch's tensor format is read).
-  path = tmp_path / 'arrays.pth'
-  path.write_bytes(pickle.dumps({'w': np.zeros(3)}, protocol=2))
-  with pytest.raises(pickle.UnpicklingError, match='refusing'):
-    convert.load_pth(str(path))
 
 
 # ---------------------------------------------------------------------------
@@ -578,7 +469,7 @@ def test_init_from_reports_and_refuses_misfits(tmp_path):
     convert.init_from(wider, str(tmp_path / 'nowhere'))
 
   target = {'a': {'kernel': np.zeros(2)}, 'b': {'kernel': np.ones(3)}}
-  merged, report = convert.merge_params(
+  merged, report = surgery.merge_params(
       target, {'a': {'kernel': np.full(2, 7.0)}, 'c': {'bias': np.ones(1)}})
   np.testing.assert_array_equal(merged['a']['kernel'], [7, 7])
   np.testing.assert_array_equal(merged['b']['kernel'], [1, 1, 1])
@@ -586,7 +477,7 @@ def test_init_from_reports_and_refuses_misfits(tmp_path):
   learned = {'a': {'kernel': np.zeros(2)},
              'upscore': {'kernel': np.ones((4, 4, 2, 2))}}
   with pytest.raises(ValueError, match='learn_upsampling=True'):
-    convert.merge_params(target, learned)
+    surgery.merge_params(target, learned)
 
 
 def test_train_init_from_workdir(tmp_path, monkeypatch):

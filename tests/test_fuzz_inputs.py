@@ -22,9 +22,9 @@ import scipy.sparse
 from PIL import Image
 
 import pth_builder
-from fcn_jax import convert
 from fcn_jax import errors
 from fcn_jax import fault_tolerance
+from fcn_jax import pth
 from fcn_jax import workdir as workdir_lib
 from fcn_jax.configs import tiny
 from fcn_jax.data import decode
@@ -224,7 +224,7 @@ def test_fuzz_pth(tmp_path, fmt):
     valid = (tmp_path / 'good.pth').read_bytes()
   else:
     valid = pth_builder.legacy_bytes(tensors, legacy_storages)
-  _assert_mostly_refused(fuzz(f'pth_{fmt}', valid, convert.load_pth,
+  _assert_mostly_refused(fuzz(f'pth_{fmt}', valid, pth.load_pth,
                               tmp_path / 'x.pth'))
 
 

@@ -16,6 +16,7 @@ from fcn_jax import convert
 from fcn_jax import heatmap
 from fcn_jax import input_pipeline
 from fcn_jax import models
+from fcn_jax import surgery
 from fcn_jax import workdir as workdir_lib
 
 CAT = os.path.join(os.path.dirname(__file__), 'data', 'demo-photos',
@@ -28,7 +29,7 @@ def random_classifier_params(seed=0):
   rng = np.random.default_rng(seed)
   channels = [models.scaled_channels(c, WIDTH) for _, c in models.VGG16_BLOCKS]
   fc = models.scaled_channels(models.FC_CHANNELS, WIDTH)
-  state, in_ch, convs = {}, 3, iter(convert.VGG16_FEATURE_INDICES)
+  state, in_ch, convs = {}, 3, iter(surgery.VGG16_FEATURE_INDICES)
   for (num_convs, _), ch in zip(models.VGG16_BLOCKS, channels):
     for _ in range(num_convs):
       i = next(convs)
@@ -41,7 +42,7 @@ def random_classifier_params(seed=0):
     state[f'classifier.{index}.weight'] = rng.normal(
         0, np.sqrt(2 / fan_in), (out, fan_in))
     state[f'classifier.{index}.bias'] = rng.normal(0, 0.1, out)
-  return state, convert.from_vgg16(state, 'caffe')
+  return state, surgery.from_vgg16(state, 'caffe')
 
 
 def test_heatmap_size_by_hand():

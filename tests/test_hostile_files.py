@@ -14,6 +14,7 @@ import pytest
 import pth_builder
 from fcn_jax import convert
 from fcn_jax import errors
+from fcn_jax import pth
 from fcn_jax import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +33,7 @@ def test_builder_files_are_valid(tmp_path):
   pth_builder.write_zip(zip_path, tensors, zip_storages)
   legacy_path.write_bytes(pth_builder.legacy_bytes(tensors, legacy_storages))
   for path in (zip_path, legacy_path):
-    loaded = convert.load_pth(str(path))
+    loaded = pth.load_pth(str(path))
     for key, value in expected.items():
       assert loaded[key].dtype == value.dtype
       np.testing.assert_array_equal(loaded[key], value)
@@ -52,16 +53,16 @@ def test_stride_zero_view_declaring_a_huge_tensor_is_refused(tmp_path):
   tensors = {'w': ('0', np.float32, 1, 0, (1 << 20, 1 << 20), (0, 0))}
   pth_builder.write_zip(path, tensors, {'0': np.ones(1, np.float32).tobytes()})
   before = _max_rss_mb()
-  with pytest.raises(convert.WeightsFileError,
+  with pytest.raises(pth.WeightsFileError,
                      match=r'expand.pth: tensor of shape \(1048576, 1048576\)'
                      r'.*stride-0'):
-    convert.load_pth(str(path))
+    pth.load_pth(str(path))
   assert _max_rss_mb() - before < 100
   # A small broadcast view stays readable (what torch.expand saves).
   small = tmp_path / 'small.pth'
   pth_builder.write_zip(small, {'w': ('0', np.float32, 1, 0, (3, 2), (0, 0))},
                         {'0': np.full(1, 2.5, np.float32).tobytes()})
-  np.testing.assert_array_equal(convert.load_pth(str(small))['w'],
+  np.testing.assert_array_equal(pth.load_pth(str(small))['w'],
                                 np.full((3, 2), 2.5, np.float32))
 
 
@@ -73,24 +74,24 @@ def test_legacy_storage_declaring_2_40_elements_is_refused(tmp_path):
       tensors, {'0': (np.ones(4, np.float32).tobytes(), np.float32)},
       declared={'0': numel}))
   before = _max_rss_mb()
-  with pytest.raises(convert.WeightsFileError,
+  with pytest.raises(pth.WeightsFileError,
                      match=r'legacy.pth: truncated or corrupt storage 0 '
                      r'\(declares 1099511627776 elements\)'):
-    convert.load_pth(str(path))
+    pth.load_pth(str(path))
   assert _max_rss_mb() - before < 100
 
 
 def test_zip_storage_bomb_is_refused(tmp_path):
   path = tmp_path / 'bomb.pth'
-  numel = (convert.MAX_EXPANDED_TENSOR_BYTES // 4) + 1024
+  numel = (pth.MAX_EXPANDED_TENSOR_BYTES // 4) + 1024
   tensors = {'w': ('0', np.float32, numel, 0, (numel,), (1,))}
   with zipfile.ZipFile(path, 'w', zipfile.ZIP_DEFLATED,
                        compresslevel=1) as f:
     f.writestr('archive/data.pkl', pth_builder.tensor_pickle(tensors))
     f.writestr('archive/data/0', bytes(numel * 4))
   assert os.path.getsize(path) < 1 << 20
-  with pytest.raises(convert.WeightsFileError, match='decompression bomb'):
-    convert.load_pth(str(path))
+  with pytest.raises(pth.WeightsFileError, match='decompression bomb'):
+    pth.load_pth(str(path))
 
 
 @pytest.mark.parametrize('fmt', ['zip', 'legacy'])
@@ -105,9 +106,9 @@ def test_truncation_anywhere_is_one_clear_error(tmp_path, fmt):
   path = tmp_path / 'cut.pth'
   for size in range(len(data)):  # Every field, every byte of it.
     path.write_bytes(data[:size])
-    with pytest.raises((convert.WeightsFileError, pickle.UnpicklingError),
+    with pytest.raises((pth.WeightsFileError, pickle.UnpicklingError),
                        match='cut.pth') as info:
-      convert.load_pth(str(path))
+      pth.load_pth(str(path))
     assert isinstance(info.value, errors.UserError) or 'refusing' in str(
         info.value), (size, repr(info.value))
 

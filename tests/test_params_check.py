@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fcn_jax import convert
 from fcn_jax import models
+from fcn_jax import surgery
 
 # 'SAME' padding everywhere: small maps, fast forward passes.
 KW = dict(num_classes=3, width=1 / 32, input_padding=1, fc6_padding=3)
@@ -35,7 +35,7 @@ X = jnp.asarray(np.random.default_rng(1).normal(0, 50, (1, 32, 32, 3)),
 
 
 def test_learned_upsampling_kernels_are_not_ignored():
-  params = convert.from_torchfcn(_torchfcn_state_dict('fcn8s'), 'fcn8s')
+  params = surgery.from_torchfcn(_torchfcn_state_dict('fcn8s'), 'fcn8s')
   fixed = models.get_model('fcn8s', **KW)
   with pytest.raises(models.ParamsMismatchError) as info:
     fixed.apply({'params': params}, X)
@@ -56,7 +56,7 @@ def test_learned_upsampling_kernels_are_not_ignored():
 
 
 def test_params_of_another_variant_are_refused():
-  p8 = convert.from_torchfcn(_torchfcn_state_dict('fcn8s'), 'fcn8s',
+  p8 = surgery.from_torchfcn(_torchfcn_state_dict('fcn8s'), 'fcn8s',
                              learn_upsampling=True)
   m32 = models.get_model('fcn32s', learn_upsampling=True, **KW)
   with pytest.raises(models.ParamsMismatchError) as info:
@@ -65,7 +65,7 @@ def test_params_of_another_variant_are_refused():
           'upscore_pool4') in str(info.value)
   assert 'another variant' in str(info.value)
   assert 'it needs upscore, which are missing' in str(info.value)
-  p32 = convert.from_torchfcn(_torchfcn_state_dict('fcn32s'), 'fcn32s',
+  p32 = surgery.from_torchfcn(_torchfcn_state_dict('fcn32s'), 'fcn32s',
                               learn_upsampling=True)
   m8 = models.get_model('fcn8s', learn_upsampling=True, **KW)
   with pytest.raises(models.ParamsMismatchError,
@@ -74,7 +74,7 @@ def test_params_of_another_variant_are_refused():
 
 
 def test_wrong_width_names_the_shapes():
-  params = convert.from_torchfcn(_torchfcn_state_dict('fcn32s'), 'fcn32s',
+  params = surgery.from_torchfcn(_torchfcn_state_dict('fcn32s'), 'fcn32s',
                                  learn_upsampling=True)
   wide = models.get_model('fcn32s', learn_upsampling=True,
                           **dict(KW, width=1 / 16))
@@ -86,7 +86,7 @@ def test_wrong_width_names_the_shapes():
 
 def test_fitting_params_pass_and_match_fcn8s_atonce():
   # Same tree, another variant that reads it all: no false alarm.
-  params = convert.from_torchfcn(_torchfcn_state_dict('fcn8s'), 'fcn8s',
+  params = surgery.from_torchfcn(_torchfcn_state_dict('fcn8s'), 'fcn8s',
                                  learn_upsampling=True)
   model = models.get_model('fcn8s-atonce', learn_upsampling=True, **KW)
   assert model.apply({'params': params}, X).shape == (1, 32, 32, 3)

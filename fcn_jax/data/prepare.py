@@ -17,6 +17,7 @@ from absl import flags
 from absl import logging
 
 from fcn_jax import cli
+from fcn_jax import errors
 
 flags.DEFINE_string('name', None, 'TFDS dataset name, e.g. '
                     'voc_segmentation/2012, sbd_segmentation, oxford_iiit_pet.')
@@ -36,7 +37,8 @@ def prepare(name: str, data_dir: str | None = None,
   if manual_dir is not None:
     manual_dir = os.path.expanduser(manual_dir)
     if not os.path.isdir(manual_dir):
-      raise ValueError(f'--manual_dir={manual_dir}: folder not found.')
+      raise errors.MissingFileError(f'--manual_dir={manual_dir}: folder not '
+                                    'found.')
   if data_dir is not None:
     data_dir = os.path.expanduser(data_dir)
   builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
