@@ -1,12 +1,18 @@
-"""Runs a sweep: one ordinary `fcn_jax.main` process per config override set.
+"""Runs a sweep: one `fcn_jax.main` process per setting (all its seeds).
 
     python -m experiments.sweep --sweep=experiments/sweeps/skips.py \
-        --workdir=runs/sweeps/skips [--parallel=2] [--set=KEY=VALUE ...]
+        --workdir=runs/sweeps/skips [--parallel=2] [--set=KEY=VALUE ...] \
+        [--one_process_per_seed]
 
 A sweep file is a Python module whose `get_sweep()` returns a list of dicts of
 config overrides (keys as in `--config.KEY`, e.g. 'model', 'synthetic.seed',
 'seed'). It may set `CONFIG` (a config file, default fcn_jax/configs/default.py).
-Runs that differ only in 'seed' form one setting of the report.
+Runs that differ only in 'seed' form one setting of the report, and they
+share one program: one process trains them all with `--config.seeds=...`
+(fcn_jax/seeds.py) in the group workdir `<workdir>/<setting>,seeds=0+1+2`,
+and then every seed gets the sub-workdir a run of its own would have (below),
+so the report reads the same files either way. `--one_process_per_seed`
+starts one process per seed instead.
 
 Every run gets its own sub-workdir `<workdir>/<run name>` holding the usual
 checkpoints, metrics.jsonl and config.json, plus `sweep_run.json` (its
@@ -15,12 +21,19 @@ again skips finished runs (status 'done' or metrics.jsonl reaching the final
 step) and resumes interrupted ones from their checkpoints. A failed run is
 recorded as 'failed' and does not stop the others; it is retried next time.
 
+A seed's sub-workdir of a shared program holds the group's config.json and
+dataset_info.json, that seed's records of the group's metrics.jsonl, a
+`checkpoints` link to the group's checkpoints (evaluate, predict and compare
+then pick that seed: its metrics are the only ones there) and a
+sweep_run.json whose wall_s is the group's wall time divided by its seeds.
+
 `--set=KEY=VALUE` overrides a key in every run (e.g. a dataset for the same
 sweep on VOC, or a smaller num_train_steps for a smoke run).
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import importlib.util
 import itertools
@@ -64,6 +77,9 @@ def define_flags() -> None:
                       f'CONFIG, else {DEFAULT_CONFIG}).')
   flags.DEFINE_boolean('dry_run', False,
                        'Print the runs and their commands only.')
+  flags.DEFINE_boolean('one_process_per_seed', False,
+                       "Train each seed in a process of its own instead of a "
+                       "setting's seeds in one program (config.seeds).")
   flags.mark_flags_as_required(['sweep', 'workdir'])
 
 
@@ -216,19 +232,24 @@ def final_step(run_dir: str) -> int | None:
 
 def last_val_step(run_dir: str) -> int | None:
   """The last step with a validation record in metrics.jsonl."""
-  path = os.path.join(run_dir, METRICS_FILE)
-  if not os.path.exists(path):
-    return None
   step = None
+  for _, record in metrics_records(os.path.join(run_dir, METRICS_FILE)):
+    if record.get('split') == 'val':
+      step = record['step']
+  return step
+
+
+def metrics_records(path: str) -> Iterable[tuple[str, dict]]:
+  """(line, record) of every whole line of a metrics.jsonl (none if absent;
+  a line cut short by a kill is skipped)."""
+  if not os.path.exists(path):
+    return
   with open(path) as f:
     for line in f:
       try:
-        record = json.loads(line)
-      except ValueError:  # A line cut short by a kill.
+        yield line, json.loads(line)
+      except ValueError:
         continue
-      if record.get('split') == 'val':
-        step = record['step']
-  return step
 
 
 def is_finished(run_dir: str, overrides: dict[str, Any] | None = None,
@@ -284,12 +305,94 @@ def execute_run(run_dir: str, overrides: dict[str, Any], config_file: str,
   return record
 
 
+GROUP_LINK = 'checkpoints'
+
+
+def seed_groups(runs: Sequence[dict[str, Any]],
+                alone: Sequence[int] = ()) -> list[list[int]]:
+  """Indices of the runs that can share one program, one list per work item.
+
+  Runs of one setting (equal overrides apart from an integer 'seed') form a
+  group in first-seen order; a setting with one seed, runs that set 'seeds'
+  themselves and the runs in `alone` stay alone.
+  """
+  groups = collections.OrderedDict()
+  for index, overrides in enumerate(runs):
+    seed = overrides.get(SEED_KEY)
+    if (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0
+        and 'seeds' not in overrides and index not in alone):
+      key = json.dumps(setting_of(overrides), sort_keys=True, default=repr)
+    else:
+      key = ('alone', index)
+    groups.setdefault(key, []).append(index)
+  return list(groups.values())
+
+
+def group_name(runs: Sequence[dict[str, Any]], members: Sequence[int]) -> str:
+  """The group workdir's name: '<setting>,seeds=0+1+2'."""
+  setting = setting_name(runs[members[0]], varying_keys(runs))
+  seeds = '+'.join(str(runs[i][SEED_KEY]) for i in members)
+  return re.sub(r'[^A-Za-z0-9_.,=+-]', '_', f'{setting},seeds={seeds}')
+
+
+def group_overrides(runs: Sequence[dict[str, Any]],
+                    members: Sequence[int]) -> dict[str, Any]:
+  """The group's overrides: the setting's, with config.seeds for the seed."""
+  return dict(setting_of(runs[members[0]]), seeds=','.join(
+      str(runs[i][SEED_KEY]) for i in members))
+
+
+def write_seed_views(group_dir: str, seed_dirs: Sequence[str],
+                     seeds: Sequence[int], overrides: Sequence[dict],
+                     extra: dict[str, str], group_record: dict) -> None:
+  """Gives every seed of a finished (or stopped) group the files of a run of
+  its own: config.json, dataset_info.json, its metrics, a link to the
+  checkpoints, sweep_run.json."""
+  records = collections.defaultdict(list)
+  for line, record in metrics_records(os.path.join(group_dir, METRICS_FILE)):
+    records[record.get(SEED_KEY)].append(line.rstrip('\n') + '\n')
+  for seed_dir, seed, run_overrides in zip(seed_dirs, seeds, overrides):
+    os.makedirs(seed_dir, exist_ok=True)
+    for name in ('config.json', 'dataset_info.json'):
+      source = os.path.join(group_dir, name)
+      if os.path.exists(source):
+        with open(source) as f:
+          text = f.read()
+        with open(os.path.join(seed_dir, name) + '.tmp', 'w') as f:
+          f.write(text)
+        os.replace(os.path.join(seed_dir, name) + '.tmp',
+                   os.path.join(seed_dir, name))
+    with open(os.path.join(seed_dir, METRICS_FILE) + '.tmp', 'w') as f:
+      f.writelines(records.get(seed, []))
+    os.replace(os.path.join(seed_dir, METRICS_FILE) + '.tmp',
+               os.path.join(seed_dir, METRICS_FILE))
+    link = os.path.join(seed_dir, GROUP_LINK)
+    target = os.path.join(os.path.relpath(group_dir, seed_dir), GROUP_LINK)
+    if not os.path.islink(link) or os.readlink(link) != target:
+      if os.path.islink(link):
+        os.remove(link)
+      os.symlink(target, link)
+    _write_json(os.path.join(seed_dir, RUN_FILE), {
+        'overrides': run_overrides, 'extra': extra or {},
+        'command': group_record['command'],
+        'status': group_record['status'],
+        'attempts': group_record['attempts'],
+        'returncode': group_record.get('returncode'),
+        'group': os.path.basename(os.path.normpath(group_dir)),
+        # This seed's share of the one program that trained them all.
+        'wall_s': group_record['wall_s'] / len(seeds),
+        'group_wall_s': group_record['wall_s']})
+
+
 def run_sweep(runs: Sequence[dict[str, Any]], workdir: str,
               config_file: str = DEFAULT_CONFIG, parallel: int = 1,
-              extra: dict[str, str] | None = None) -> dict[str, str]:
+              extra: dict[str, str] | None = None,
+              one_process_per_seed: bool = False) -> dict[str, str]:
   """Runs every unfinished run; returns {run name: 'done'|'skipped'|'failed'}.
 
-  Also writes `<workdir>/sweep.json`, the list of runs the report reads.
+  A setting's seeds share one program (config.seeds) unless
+  `one_process_per_seed`. Also writes `<workdir>/sweep.json`, the list of
+  runs the report reads.
   """
   if parallel < 1:
     raise errors.FlagError(f'--parallel={parallel}: must be >= 1.')
@@ -302,28 +405,50 @@ def run_sweep(runs: Sequence[dict[str, Any]], workdir: str,
                for n, r in zip(names, runs)]})
 
   results = {}
-  todo = []
-  for name, overrides in zip(names, runs):
-    if is_finished(os.path.join(workdir, name), overrides, extra):
+  unfinished = []
+  for index, name in enumerate(names):
+    if is_finished(os.path.join(workdir, name), runs[index], extra):
       logging.info('Skipping finished run %s.', name)
       results[name] = 'skipped'
     else:
-      todo.append((name, overrides))
+      unfinished.append(index)
+  if one_process_per_seed:
+    todo = [[i] for i in unfinished]
+  else:
+    # The unfinished seeds of a setting share a program; a seed with
+    # checkpoints of its own (an earlier process of its own) resumes alone.
+    pending = [runs[i] for i in unfinished]
+    alone = [k for k, i in enumerate(unfinished) if os.path.isdir(
+        os.path.join(workdir, names[i], GROUP_LINK)) and not os.path.islink(
+            os.path.join(workdir, names[i], GROUP_LINK))]
+    todo = [[unfinished[k] for k in members]
+            for members in seed_groups(pending, alone)]
 
-  def work(item):
-    name, overrides = item
-    logging.info('Starting run %s.', name)
-    record = execute_run(os.path.join(workdir, name), overrides, config_file,
-                         extra)
-    logging.info('Run %s: %s (exit code %d, %.0fs in total); log: %s', name,
+  def work(members):
+    if len(members) == 1:
+      name = names[members[0]]
+      label, run_dir, overrides = name, os.path.join(workdir, name), runs[
+          members[0]]
+    else:
+      label = group_name(runs, members)
+      run_dir = os.path.join(workdir, label)
+      overrides = group_overrides(runs, members)
+    logging.info('Starting run %s.', label)
+    record = execute_run(run_dir, overrides, config_file, extra)
+    if len(members) > 1:
+      write_seed_views(run_dir, [os.path.join(workdir, names[i])
+                                 for i in members],
+                       [runs[i][SEED_KEY] for i in members],
+                       [runs[i] for i in members], extra or {}, record)
+    logging.info('Run %s: %s (exit code %d, %.0fs in total); log: %s', label,
                  record['status'], record['returncode'], record['wall_s'],
-                 os.path.join(workdir, name, LOG_FILE))
-    return name, record['status']
+                 os.path.join(run_dir, LOG_FILE))
+    return [(names[i], record['status']) for i in members]
 
   pool = concurrent.futures.ThreadPoolExecutor(max_workers=parallel)
   try:
-    for name, status in pool.map(work, todo):
-      results[name] = status
+    for statuses in pool.map(work, todo):
+      results.update(statuses)
   except BaseException:
     # Interrupted: SIGTERM the runs (fcn_jax.main checkpoints and exits) so
     # that the next invocation resumes them.
@@ -358,14 +483,23 @@ def main(argv):
   config_file = flags.FLAGS.config or sweep_config or DEFAULT_CONFIG
   extra = parse_sets(flags.FLAGS.set)
   workdir = flags.FLAGS.workdir
+  per_seed = flags.FLAGS.one_process_per_seed
   if flags.FLAGS.dry_run:
-    for name, overrides in zip(run_names(runs), runs):
-      run_dir = os.path.join(workdir, name)
+    names = run_names(runs)
+    for members in ([[i] for i in range(len(runs))] if per_seed
+                    else seed_groups(runs)):
+      if len(members) == 1:
+        run_dir, overrides = (os.path.join(workdir, names[members[0]]),
+                              runs[members[0]])
+      else:
+        run_dir = os.path.join(workdir, group_name(runs, members))
+        overrides = group_overrides(runs, members)
       print(' '.join(run_command(run_dir, dict(overrides, **extra),
                                  config_file)))
     return
   signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-  results = run_sweep(runs, workdir, config_file, flags.FLAGS.parallel, extra)
+  results = run_sweep(runs, workdir, config_file, flags.FLAGS.parallel, extra,
+                      per_seed)
   failed = sorted(n for n, s in results.items() if s == 'failed')
   logging.info('Sweep %s: %d runs, %d failed. Report: python -m '
                'experiments.report %s', workdir, len(results), len(failed),

@@ -1,22 +1,31 @@
-"""Many seeds in one compiled program: independent runs vmapped together.
+"""Many seeds in one program: independent runs trained together.
 
     python -m fcn_jax.main --workdir=runs/fcn8s_seeds --config.seeds=0,1,2,3
     python -m fcn_jax.main --workdir=runs/fcn8s_seeds --config.seeds=4
 
 trains one independent model per seed in one process, with one compiled
-train step: `jax.vmap` over the parameters, the optimizer state, the dropout
-keys and the batches. Every seed reads the batches it would read alone (its
-own shuffled order and augmentation, `input_pipeline.train_dataset` with
-config.seed = that seed), starts from the parameters `train.create_train_state`
-gives that seed, and takes the same updates, so each seed's parameters equal
-those of a separate run with `--config.seed=<seed>` to float tolerance.
+train step. Every seed reads the batches it would read alone (its own
+shuffled order and augmentation, `input_pipeline.train_dataset` with
+config.seed = that seed), starts from the parameters
+`train.create_train_state` gives that seed, and takes the same updates, so
+each seed's parameters equal those of a separate run with
+`--config.seed=<seed>`.
+
+How the seeds share the step (`program_kind`): on accelerators one
+`jax.vmap`ped step over the parameters, the optimizer state, the dropout
+keys and the batches ('vmap', equal to separate runs to float tolerance); on
+CPU the ordinary train step, compiled once and applied to each seed in turn
+('loop', equal bit for bit, and faster there than the vmapped step, whose
+convolutions XLA:CPU runs as slow grouped convolutions).
 
 The stacked train state (a leading seed axis on every array) is one
 checkpoint; the best checkpoint is ranked by the mean over seeds of the
 validation mean IU. metrics.jsonl gets one record per seed per logged step,
-with a 'seed' key. The batches of all seeds form one (seeds, batch, ...)
-array whose batch axis is split over the 'data' mesh axis, so the seed axis
-combines with data parallelism (every device runs every seed on its slice).
+with a 'seed' key. With 'vmap' the batches of all seeds form one (seeds,
+batch, ...) array whose batch axis is split over the 'data' mesh axis, so
+the seed axis combines with data parallelism (every device runs every seed
+on its slice); with 'loop' each seed's step is the ordinary data-parallel
+one.
 
 `params_of_seed` picks one seed's parameters out of such a checkpoint for
 evaluate / predict / export (`--seed=K`; by default the seed with the best
@@ -43,6 +52,7 @@ from fcn_jax import checkpointing
 from fcn_jax import fault_tolerance
 from fcn_jax import input_pipeline
 from fcn_jax import models
+from fcn_jax import prefetch
 from fcn_jax import sharding
 from fcn_jax import train
 from fcn_jax import writers
@@ -164,13 +174,126 @@ def evaluate_seeds(p_eval_step, state, source, batch_size: int,
   return scores
 
 
-def _seed_batches(datasets, index: int, mesh) -> dict:
-  """Batch `index` of every seed's dataset, stacked and sharded."""
-  batches = [ds[index] for ds in datasets]
-  stacked = {k: np.stack([b[k] for b in batches]) for k in ('image', 'label')}
+def _stacked_batches(datasets, start: int, stop: int):
+  """Host batches start..stop - 1 of every seed's dataset, stacked:
+  {'image': (seeds, batch, ...), 'label': ...}."""
+  for index in range(start, stop):
+    batches = [input_pipeline.model_arrays(ds[index]) for ds in datasets]
+    yield {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+
+
+def _place_seed_batch(batch: dict, mesh) -> dict:
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(
-          seed_batch_sharding(mesh), x), stacked)
+          seed_batch_sharding(mesh), x), batch)
+
+
+def _seed_batches(datasets, index: int, mesh) -> dict:
+  """Batch `index` of every seed's dataset, stacked and sharded."""
+  return _place_seed_batch(
+      next(_stacked_batches(datasets, index, index + 1)), mesh)
+
+
+def program_kind(platform: str | None = None) -> str:
+  """How the seeds share a program on `platform` (default: JAX's backend).
+
+  'vmap' (accelerators): one vmapped train step for all seeds, which fills
+  a device that one small model leaves idle. 'loop' (CPU): the ordinary
+  compiled train step, compiled once and applied to each seed in turn. On
+  XLA:CPU a convolution whose kernel is batched over seeds becomes a grouped
+  convolution, slower than the separate ones (docs/research_tools.md), and
+  the loop computes exactly a separate run's numbers, bit for bit.
+  """
+  platform = platform or jax.default_backend()
+  return 'loop' if platform == 'cpu' else 'vmap'
+
+
+class _VmapProgram:
+  """All seeds in one vmapped step: a stacked state (leading seed axis)."""
+
+  def __init__(self, config, mesh, eval_args):
+    self._mesh = mesh
+    self._eval_args = eval_args
+    self._train, self._eval = compile_seed_steps(config, mesh)
+
+  def place(self, batch):
+    return _place_seed_batch(batch, self._mesh)
+
+  def train(self, state, batch, rngs):
+    return self._train(state, batch, rngs)
+
+  @staticmethod
+  def to_host_metrics(step_metrics):
+    return step_metrics
+
+  @staticmethod
+  def unstacked(stacked):
+    return stacked
+
+  @staticmethod
+  def stacked(state):
+    return state
+
+  @staticmethod
+  def step(state) -> int:
+    return int(jax.device_get(state.step)[0])
+
+  def evaluate(self, state, num_seeds):
+    args = self._eval_args
+    return evaluate_seeds(self._eval, state, args['source'],
+                          args['batch_size'], args['num_classes'], num_seeds,
+                          self._mesh, args['boundary_radius'],
+                          **args['batching'])
+
+
+class _LoopProgram:
+  """The ordinary train step, compiled once, applied to each seed in turn:
+  a list of per-seed states."""
+
+  def __init__(self, config, mesh, eval_args, info):
+    self._mesh = mesh
+    self._eval_args = eval_args
+    self._info = info
+    self._train, self._eval = train.compile_steps(config, mesh)
+
+  def place(self, batch):
+    return [sharding.shard_batch({k: v[i] for k, v in batch.items()},
+                                 self._mesh)
+            for i in range(len(next(iter(batch.values()))))]
+
+  def train(self, states, batches, rngs):
+    results = [self._train(state, batch, rng)
+               for state, batch, rng in zip(states, batches, rngs)]
+    return [r[0] for r in results], [r[1] for r in results]
+
+  @staticmethod
+  def to_host_metrics(step_metrics):
+    """Fetched per-seed dicts -> one dict of (seeds,) arrays."""
+    return {k: np.stack([m[k] for m in step_metrics])
+            for k in step_metrics[0]}
+
+  def unstacked(self, stacked):
+    return [jax.device_put(jax.tree.map(lambda x, k=k: x[k], stacked),
+                           sharding.replicated(self._mesh))
+            for k in range(len(jax.device_get(stacked.step)))]
+
+  def stacked(self, states):
+    return jax.device_put(stack_trees(states),
+                          sharding.replicated(self._mesh))
+
+  @staticmethod
+  def step(states) -> int:
+    return int(jax.device_get(states[0].step))
+
+  def evaluate(self, states, num_seeds):
+    del num_seeds
+    args = self._eval_args
+    return [train.evaluate(
+        self._eval, state, args['source'], args['batch_size'],
+        args['num_classes'], self._mesh, args['boundary_radius'],
+        extra_heads={k: len(n) for k, n in self._info.extra_heads},
+        present_only=self._info.present_classes_only, **args['batching'])
+            for state in states]
 
 
 def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
@@ -179,7 +302,8 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
   'seed_mean_iu', 'best_seed', 'step' and 'best_checkpoint'."""
   seeds = seed_list(config)
   mesh = sharding.create_mesh()
-  if mesh.size > 1 and config.fast_ops == 'auto':
+  kind = program_kind()
+  if kind == 'vmap' and mesh.size > 1 and config.fast_ops == 'auto':
     # The vmapped fast CPU ops deadlock XLA:CPU's collectives across several
     # devices (device threads stop arriving at the all-reduce); the plain ops
     # compute the same function.
@@ -190,8 +314,9 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
        config, workdir, mesh, cleanup,
        check_resume=lambda: _check_same_seeds(workdir, seeds))
   num_classes = config.num_classes
-  logging.info('Seeds %s in one program; devices: %d (%s), mesh %s.', seeds,
-               jax.device_count(), jax.devices()[0].platform, dict(mesh.shape))
+  logging.info('Seeds %s in one program (%s); devices: %d (%s), mesh %s.',
+               seeds, kind, jax.device_count(), jax.devices()[0].platform,
+               dict(mesh.shape))
 
   model = models.create_model(config, num_classes)
   state = create_seed_states(config, model, seeds, mesh)
@@ -212,16 +337,23 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
   # iterator hands out, also after a resume at step t - 1).
   datasets = [input_pipeline.train_dataset_from_config(
       train_source, seed_config(config, s), info) for s in seeds]
-  p_train_step, p_eval_step = compile_seed_steps(config, mesh)
+  eval_args = dict(source=val_source, batch_size=eval_batch_size,
+                   num_classes=num_classes,
+                   boundary_radius=config.boundary_radius,
+                   batching=input_pipeline.batching_options(config, info))
+  if kind == 'vmap':
+    program = _VmapProgram(config, mesh, eval_args)
+    rngs = sharding.replicate(dropout_keys(seeds), mesh)
+  else:
+    program = _LoopProgram(config, mesh, eval_args, info)
+    rngs = [sharding.replicate(train.init_and_dropout_keys(s)[1], mesh)
+            for s in seeds]
+  state = program.unstacked(state)
   writer = writers.MetricWriter(workdir)
   cleanup.callback(writer.close)
-  rngs = sharding.replicate(dropout_keys(seeds), mesh)
-  batching = input_pipeline.batching_options(config, info)
 
   def run_eval(step):
-    seed_scores = evaluate_seeds(
-        p_eval_step, state, val_source, eval_batch_size, num_classes,
-        len(seeds), mesh, config.boundary_radius, **batching)
+    seed_scores = program.evaluate(state, len(seeds))
     for seed, scores in zip(seeds, seed_scores):
       writer.write(step, 'val', dict(scores, seed=seed))
     logging.info('Eval at step %d: mean IU per seed %s', step,
@@ -232,20 +364,38 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
   seed_scores = None
   losses = []
   timer = (time.time(), start_step)
+  faults = fault_tolerance.TestFaults.from_env()
+  batches = prefetch.DevicePrefetcher(
+      _stacked_batches(datasets, start_step, config.num_train_steps),
+      program.place, config.num_train_steps - start_step,
+      config.device_prefetch,
+      prepare=lambda i, b: faults.corrupt_batch(start_step + 1 + i, b))
+  cleanup.callback(batches.close)
+  # As in the single-seed loop: step metrics stay on the device until a step
+  # that logs, evaluates, saves or stops.
+  window = prefetch.StepWindow(config.device_prefetch)
+  last_metrics = {}
   for step in range(start_step + 1, config.num_train_steps + 1):
-    batch = _seed_batches(datasets, step - 1, mesh)
-    state, step_metrics = p_train_step(state, batch, rngs)
-    step_metrics = jax.device_get(step_metrics)
-    _check_finite(config, manager, step, seeds, step_metrics)
-    losses.append(step_metrics['loss'])
+    batch, _ = next(batches)
+    state, step_metrics = program.train(state, batch, rngs)
+    window.add(step, step_metrics)
+    faults.after_step(step)
     if step == start_step + 1:
       timer = (time.time(), step)
-    if step % config.log_every_steps == 0 or step == config.num_train_steps:
+    log_now, evaluated, save_now = _due(config, step)
+    signum = stop.agreed_signum(step, config.preemption_check_every_steps)
+    if log_now or evaluated or save_now or signum:
+      for fetched_step, fetched, _ in window.fetch():
+        fetched = program.to_host_metrics(fetched)
+        _check_finite(config, manager, fetched_step, seeds, fetched)
+        losses.append(fetched['loss'])
+        last_metrics = fetched
+    if log_now:
       elapsed = time.time() - timer[0]
       rate = (step - timer[1]) / elapsed if elapsed > 0 else float('nan')
       mean_loss = np.mean(losses, axis=0)
       for k, seed in enumerate(seeds):
-        record = {key: float(v[k]) for key, v in step_metrics.items()}
+        record = {key: float(v[k]) for key, v in last_metrics.items()}
         record.update(loss=float(mean_loss[k]), steps_per_sec=rate,
                       seed=seed)
         writer.write(step, 'train', record)
@@ -253,25 +403,24 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
       logging.info('Step %d/%d: loss per seed %s, %.2f steps/s', step,
                    config.num_train_steps,
                    ', '.join(f'{x:.4f}' for x in mean_loss), rate)
-    is_last = step == config.num_train_steps
-    evaluated = step % config.eval_every_steps == 0 or is_last
     if evaluated:
       seed_scores = run_eval(step)
-    if step % config.checkpoint_every_steps == 0 or is_last:
-      checkpointing.save(manager, step, state,
+    if save_now or signum:
+      checkpointing.save(manager, step, program.stacked(state),
                          _ranking(seed_scores) if evaluated else None)
-    signum = stop.agreed_signum(
-        step, config.preemption_check_every_steps)
+      faults.after_save_started(step, saving=not os.path.isdir(
+          os.path.join(checkpointing.checkpoint_dir(workdir), str(step))))
     if signum:
-      checkpointing.save(manager, step, state)
       checkpointing.wait_until_saved(manager)
       raise fault_tolerance.Interrupted(
           f'Stopped by {signal.Signals(signum).name} after step {step}; '
           f'checkpoint saved in {checkpointing.checkpoint_dir(workdir)}. Run '
           'the same command again to resume', signum, step)
+  batches.close()
 
+  step = program.step(state)
   if seed_scores is None:  # Resumed a finished run.
-    seed_scores = run_eval(int(jax.device_get(state.step)[0]))
+    seed_scores = run_eval(step)
   checkpointing.wait_until_saved(manager)
   best = int(np.argmax([s['mean_iu'] for s in seed_scores]))
   best_path = os.path.join(checkpointing.checkpoint_dir(workdir),
@@ -279,9 +428,17 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
   logging.info('Final mean IU per seed: %s; best seed %d. Checkpoints hold '
                'all seeds: %s', [round(s['mean_iu'], 4) for s in seed_scores],
                seeds[best], best_path)
-  return dict(seed_scores[best], step=int(jax.device_get(state.step)[0]),
+  return dict(seed_scores[best], step=step,
               best_checkpoint=best_path, seeds=seeds, best_seed=seeds[best],
               seed_mean_iu=[s['mean_iu'] for s in seed_scores])
+
+
+def _due(config, step: int) -> tuple[bool, bool, bool]:
+  """Whether `step` logs, evaluates and saves (each every ..._every_steps
+  steps, and all three at the last step)."""
+  return tuple(step % every == 0 or step == config.num_train_steps
+               for every in (config.log_every_steps, config.eval_every_steps,
+                             config.checkpoint_every_steps))
 
 
 def _ranking(seed_scores: Sequence[dict]) -> dict:

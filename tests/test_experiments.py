@@ -131,7 +131,8 @@ def test_run_sweep_skips_finished_and_survives_failures(tmp_path, monkeypatch):
           + [f'--config.{k}={v}' for k, v in overrides.items()]))
   runs = sweep.with_seeds(sweep.grid(width=[-1.0, 0.5]), [0, 1])
   workdir = str(tmp_path / 'sweep')
-  results = sweep.run_sweep(runs, workdir, parallel=2)
+  results = sweep.run_sweep(runs, workdir, parallel=2,
+                            one_process_per_seed=True)
   assert results == {'width=-1.0,seed=0': 'failed', 'width=-1.0,seed=1': 'failed',
                      'width=0.5,seed=0': 'done', 'width=0.5,seed=1': 'done'}
   # Resumability is judged from the files: a second runner sees them.
@@ -141,7 +142,8 @@ def test_run_sweep_skips_finished_and_survives_failures(tmp_path, monkeypatch):
       return len(f.read())
 
   # Again: finished runs are skipped (no new call); failed ones are retried.
-  results = sweep.run_sweep(runs, workdir, parallel=2)
+  results = sweep.run_sweep(runs, workdir, parallel=2,
+                            one_process_per_seed=True)
   assert results['width=0.5,seed=0'] == 'skipped'
   assert results['width=-1.0,seed=0'] == 'failed'
   assert calls('width=0.5,seed=0') == 1
@@ -165,7 +167,8 @@ def test_tiny_sweep_end_to_end(tmp_path, monkeypatch, compile_cache_env):
   runs = sweep.with_seeds([dict(base, model='fcn8s'),
                            dict(base, model='nonexistent')], [0, 1])
   workdir = str(tmp_path / 'sweep')
-  results = sweep.run_sweep(runs, workdir, tiny, parallel=2)
+  results = sweep.run_sweep(runs, workdir, tiny, parallel=2,
+                            one_process_per_seed=True)
   assert results == {'model=fcn8s,seed=0': 'done', 'model=fcn8s,seed=1': 'done',
                      'model=nonexistent,seed=0': 'failed',
                      'model=nonexistent,seed=1': 'failed'}
@@ -183,7 +186,8 @@ def test_tiny_sweep_end_to_end(tmp_path, monkeypatch, compile_cache_env):
   record = json.load(open(os.path.join(good, 'sweep_run.json')))
   json.dump(dict(record, status='running'),
             open(os.path.join(good, 'sweep_run.json'), 'w'))
-  results = sweep.run_sweep(runs, workdir, tiny, parallel=2)
+  results = sweep.run_sweep(runs, workdir, tiny, parallel=2,
+                            one_process_per_seed=True)
   assert results['model=fcn8s,seed=0'] == 'done'
   assert results['model=fcn8s,seed=1'] == 'skipped'
   assert 'Resumed from checkpoint at step 2' in open(
@@ -198,6 +202,50 @@ def test_tiny_sweep_end_to_end(tmp_path, monkeypatch, compile_cache_env):
   table = open(paths['md']).read()
   assert 'background' in table and '`model=nonexistent,seed=1`: failed' in table
   assert os.path.getsize(paths['curves']) > 0 and os.path.getsize(paths['bars']) > 0
+
+  # The same sweep with each setting's seeds in one program: one process per
+  # setting, and the report reads the same rows (on CPU the shared program
+  # computes each seed's numbers bit for bit).
+  shared_dir = str(tmp_path / 'shared')
+  results = sweep.run_sweep(runs, shared_dir, tiny, parallel=2)
+  assert results == {'model=fcn8s,seed=0': 'done', 'model=fcn8s,seed=1': 'done',
+                     'model=nonexistent,seed=0': 'failed',
+                     'model=nonexistent,seed=1': 'failed'}
+  assert sorted(d for d in os.listdir(shared_dir) if 'seeds=' in d) == [
+      'model=fcn8s,seeds=0+1', 'model=nonexistent,seeds=0+1']
+  shared_rows = report.summarize(report.load_runs(shared_dir))
+  for row, shared in zip(rows, shared_rows):
+    for key in ('setting', 'seeds', 'failed', 'unfinished', 'step'):
+      assert shared[key] == row[key], key
+    for key in report.SCORES:
+      assert shared[key] == row[key], key
+    assert shared['per_class_iu'] == row['per_class_iu']
+  # A seed's sub-workdir loads that seed of the shared checkpoints.
+  from fcn_jax import inference  # pylint: disable=g-import-not-at-top
+  segmenter = inference.load(os.path.join(shared_dir, 'model=fcn8s,seed=1'))
+  assert segmenter.seed_note.startswith('Seed 1 of [0, 1]')
+  separate = inference.load(os.path.join(workdir, 'model=fcn8s,seed=1'))
+  for a, b in zip(jax.tree.leaves(segmenter.params),
+                  jax.tree.leaves(separate.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
+                               atol=1e-7)
+  # Finished seeds are judged from their sub-workdirs' files, as before.
+  for overrides in runs:
+    name = sweep.run_name(overrides, ['model'])
+    assert sweep.is_finished(os.path.join(shared_dir, name), overrides) == (
+        overrides['model'] == 'fcn8s')
+
+
+def test_seed_groups_share_a_program_per_setting():
+  runs = sweep.with_seeds(sweep.grid(model=['fcn32s', 'fcn8s']), [0, 1, 2])
+  runs.append({'model': 'fcn16s', 'seed': 0})
+  groups = sweep.seed_groups(runs)
+  assert groups == [[0, 2, 4], [1, 3, 5], [6]]
+  assert sweep.group_name(runs, groups[1]) == 'model=fcn8s,seeds=0+1+2'
+  assert sweep.group_overrides(runs, groups[1]) == {'model': 'fcn8s',
+                                                    'seeds': '0,1,2'}
+  # A seed with checkpoints of its own stays alone.
+  assert sweep.seed_groups(runs, alone=[2]) == [[0, 4], [1, 3, 5], [2], [6]]
 
 
 # ---------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -10,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from fcn_jax import fault_tolerance
 from fcn_jax import inference
 from fcn_jax import seeds
 from fcn_jax import train
@@ -31,27 +33,62 @@ def relative_errors(stacked, separate, index):
   return jax.tree.leaves(jax.tree.map(error, stacked, separate))
 
 
+def _killed_seeds_run(workdir, cache_dir, kill_after):
+  """`python -m fcn_jax.main` of the tiny config with seeds 0,1, killed by
+  SIGKILL (fault injection) right after step `kill_after`."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
+             JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1')
+  env[fault_tolerance.FAULTS_ENV] = f'sigkill_after_step@{kill_after}'
+  return subprocess.run(
+      [sys.executable, '-m', 'fcn_jax.main', f'--workdir={workdir}',
+       '--config=fcn_jax/configs/tiny.py',
+       '--config.seeds=' + ','.join(str(s) for s in SEEDS)],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+      check=False)
+
+
+def _checkpoint_steps(workdir):
+  return sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints'))
+                if d.isdigit())
+
+
 @pytest.fixture(scope='module')
-def runs(tmp_path_factory, trained_workdir):
-  """A seeds=0,1 run stopped after step 3 and resumed to step 6, and the
-  separate runs of seeds 0 (the shared tiny workdir) and 1."""
+def runs(tmp_path_factory, trained_workdir, persistent_compile_cache):
+  """A seeds=0,1 run trained to step 3, resumed to step 6 in a process
+  killed (SIGKILL) after step 5, and resumed again (from step 3) to step 6;
+  and the separate runs of seeds 0 (the shared tiny workdir) and 1."""
   root = tmp_path_factory.mktemp('seeds')
-  config = default.get_tiny_config()
-  config.seeds = ','.join(str(s) for s in SEEDS)
-  config.num_train_steps = 3
-  train.train_and_evaluate(config, str(root / 'seeds'))
-  config.num_train_steps = 6  # Resumes from the step-3 checkpoint.
-  result = train.train_and_evaluate(config, str(root / 'seeds'))
   separate = default.get_tiny_config()
   separate.seed = 1
   train.train_and_evaluate(separate, str(root / 'seed1'))
-  return {'seeds': str(root / 'seeds'), 0: trained_workdir,
-          1: str(root / 'seed1'), 'result': result}
+  workdir = str(root / 'seeds')
+  config = default.get_tiny_config()
+  config.seeds = ','.join(str(s) for s in SEEDS)
+  config.num_train_steps = 3
+  train.train_and_evaluate(config, workdir)
+  killed = _killed_seeds_run(workdir, persistent_compile_cache, 5)
+  after_kill = _checkpoint_steps(workdir)
+  config.num_train_steps = 6
+  result = train.train_and_evaluate(config, workdir)
+  return {'seeds': workdir, 0: trained_workdir, 1: str(root / 'seed1'),
+          'result': result, 'killed': killed, 'after_kill': after_kill}
+
+
+def test_the_run_was_killed_and_resumed(runs):
+  killed = runs['killed']
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+  assert 'Resumed 2 seeds from step 3' in killed.stderr
+  assert 'sigkill_after_step after step 5' in killed.stderr
+  # Steps 4 and 5 of the killed process are lost; the last run redid them.
+  assert runs['after_kill'] == [3]
+  assert _checkpoint_steps(runs['seeds']) == [3, 6]
 
 
 @pytest.mark.parametrize('step', [3, 6])
 def test_each_seed_equals_its_separate_run(runs, step):
-  # Step 3: after training; step 6: after stopping at 3 and resuming.
+  # Step 3: after training; step 6: after a kill (after step 5) and a resume.
   stacked = inference.restore_params(
       os.path.join(runs['seeds'], 'checkpoints', str(step)))
   for index, seed in enumerate(SEEDS):
@@ -59,6 +96,9 @@ def test_each_seed_equals_its_separate_run(runs, step):
         os.path.join(runs[seed], 'checkpoints', str(step)))
     errors = relative_errors(stacked, separate, index)
     assert max(errors) < 1e-5, (seed, step, max(errors))
+    if seeds.program_kind() == 'loop':
+      # On CPU the seeds share the ordinary compiled step: bit for bit.
+      assert max(errors) == 0, (seed, step, max(errors))
   # The two seeds really are different models.
   assert max(relative_errors(stacked, inference.restore_params(
       os.path.join(runs[1], 'checkpoints', str(step))), 0)) > 1e-2
@@ -137,6 +177,19 @@ EIGHT_DEVICES = textwrap.dedent('''
         lambda a, b: np.linalg.norm(a - b) / np.linalg.norm(b), *results))
     print('max relative error', max(errors))
     assert max(errors) < 1e-5
+    # The vmapped program against separate runs of the ordinary step.
+    p_step, _ = train.compile_steps(config, mesh)
+    for k, seed in enumerate((0, 1)):
+      init_rng, rng = train.init_and_dropout_keys(seed)
+      state = train.create_train_state(config, model, init_rng, mesh)
+      for t in range(2):
+        state, _ = p_step(state, sharding.shard_batch(
+            input_pipeline.model_arrays(datasets[k][t]), mesh), rng)
+      errors = jax.tree.leaves(jax.tree.map(
+          lambda a, b: np.linalg.norm(a[k] - b) / np.linalg.norm(b),
+          results[1], jax.device_get(state.params)))
+      print('vmap vs separate, seed', seed, max(errors))
+      assert max(errors) < 1e-5
 ''')
 
 
@@ -148,3 +201,4 @@ def test_seed_axis_with_data_parallelism_on_8_devices():
                           timeout=300, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'max relative error' in result.stdout
+  assert 'vmap vs separate, seed 1' in result.stdout
