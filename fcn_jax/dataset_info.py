@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
+import ml_collections
 import numpy as np
+from absl import logging
 
 from fcn_jax import errors
 from fcn_jax.metrics import IGNORE_INDEX
@@ -72,3 +75,42 @@ def load(workdir: str) -> dict | None:
 def _voc_palette(num_classes: int) -> np.ndarray:
   from fcn_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   return input_pipeline.voc_palette(num_classes)
+
+
+def dataset_meta(config: ml_collections.ConfigDict, num_classes: int,
+                 workdir: str | None = None
+                 ) -> tuple[tuple[str, ...], np.ndarray]:
+  """Class names and palette for `config.dataset`.
+
+  Reads `<workdir>/dataset_info.json` (written by training) when there is
+  one; else the dataset's meta data when the dataset is available here;
+  otherwise (e.g. converted weights on a machine without the training data)
+  VOC's names for 21 classes and numbered names else, with the VOC colour map.
+  """
+  # pylint: disable=g-import-not-at-top
+  from fcn_jax import input_pipeline
+  from fcn_jax import tasks
+  from fcn_jax.data import voc
+  # pylint: enable=g-import-not-at-top
+  info = load(workdir) if workdir else None
+  if info is not None and info['num_classes'] == num_classes:
+    return info['class_names'], info['palette']
+  try:
+    _, _, info = input_pipeline.create_datasets(config)
+    if info.num_classes == num_classes:
+      return tuple(info.class_names), np.asarray(info.palette, np.uint8)
+  except Exception as e:  # pylint: disable=broad-except
+    logging.info('Dataset %r not available for class names (%s).',
+                 config.dataset, _first_line(e))
+  names = tuple(f'class_{i}' for i in range(num_classes))
+  shipped = tasks.shipped_class_names(config.dataset)
+  if num_classes == len(voc.VOC_CLASS_NAMES):
+    names = voc.VOC_CLASS_NAMES
+  elif shipped is not None and len(shipped) == num_classes:
+    names = shipped
+  return names, _voc_palette(num_classes)
+
+
+def _first_line(e: Any) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0][:300] if text else type(e).__name__

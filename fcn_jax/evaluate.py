@@ -42,6 +42,7 @@ from fcn_jax import inference
 from fcn_jax import input_pipeline
 from fcn_jax import metrics as metrics_lib
 from fcn_jax import tasks
+from fcn_jax import tiling
 from fcn_jax import visualize
 from fcn_jax import workdir as workdir_lib
 from fcn_jax import writers
@@ -86,7 +87,7 @@ def evaluate_segmenter(segmenter: inference.Segmenter, source,
   hist = np.zeros((num_classes, num_classes), np.int64)
   image_hists = []
   calibration_sums = calibration.Accumulator(
-      bucket=inference.bucket_size if segmenter.bucket else None)
+      bucket=tiling.bucket_size if segmenter.bucket else None)
   compiled_before = segmenter.num_compilations
   start = time.time()
   for index in range(total):
@@ -131,13 +132,13 @@ def evaluate_heads(segmenter: inference.Segmenter, source,
     raise decode.DataError('The split holds no images.')
   hists = {k: np.zeros((c, c), np.int64) for k, c in head_sizes.items()}
   calibration_sums = calibration.Accumulator(
-      bucket=inference.bucket_size if segmenter.bucket else None)
+      bucket=tiling.bucket_size if segmenter.bucket else None)
   compiled_before = segmenter.num_compilations
   start = time.time()
   for index in range(total):
     example = source[index]
     logits = segmenter.head_logits(example['image'])
-    calibration_sums.add(inference._softmax(logits['label']),  # pylint: disable=protected-access
+    calibration_sums.add(tiling.softmax(logits['label']),
                          example['label'])
     for key, hist in hists.items():
       hist += confusion(example[key], np.argmax(logits[key], axis=-1),

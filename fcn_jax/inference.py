@@ -5,17 +5,18 @@
     labels = segmenter.segment(image)                # numpy/PIL -> (H, W)
 
 `load` reads `<workdir>/config.json` and restores only the parameters from
-`<workdir>/checkpoints/<step>` (no optimizer state). A checkpoint without a
-config beside it (e.g. converted reference weights) works too: the
-architecture is read off the parameter shapes.
+`<workdir>/checkpoints/<step>` (no optimizer state), both through
+`fcn_jax.workdir`. A checkpoint without a config beside it (e.g. converted
+reference weights) works too: the architecture is read off the parameter
+shapes (`fcn_jax.architecture`).
 
 Any image size works (the FCN is fully convolutional), but each new input
 shape costs a compilation. So images are padded at the bottom and right to
-one of a few bucket shapes (`bucket_size`), run, and the prediction is cropped
-back. Padding is done after mean subtraction with zeros, which is what the
-network's own conv1_1 padding feeds it; predictions are identical to the
-exact-size ones except where the receptive field reaches the extra padding
-(measured in tests/test_inference.py and docs/inference.md).
+one of a few bucket shapes (`tiling.bucket_size`), run, and the prediction is
+cropped back. Padding is done after mean subtraction with zeros, which is
+what the network's own conv1_1 padding feeds it; predictions are identical to
+the exact-size ones except where the receptive field reaches the extra
+padding (measured in tests/test_inference.py and docs/inference.md).
 
 Options: horizontal-flip and multi-scale test-time augmentation (averaged
 softmax probabilities), sliding-window inference for large images, and a
@@ -33,17 +34,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from PIL import Image
 
 from fcn_jax import architecture
 from fcn_jax import dataset_info
-from fcn_jax import input_pipeline
 from fcn_jax import models
-from fcn_jax import tasks
+from fcn_jax import tiling
 from fcn_jax import workdir as workdir_lib
 from fcn_jax.configs import default as default_config
 from fcn_jax.data import decode
-from fcn_jax.data import voc
 
 DEFAULT_TTA_SCALES = (0.75, 1.0, 1.25)
 # Images with more pixels are segmented in AUTO_WINDOW tiles, a band of tile
@@ -51,59 +49,6 @@ DEFAULT_TTA_SCALES = (0.75, 1.0, 1.25)
 # probability buffer then stay bounded instead of growing with the image.
 DEFAULT_MAX_PIXELS = 2048 * 2048
 AUTO_WINDOW = 1024
-
-
-# ---------------------------------------------------------------------------
-# Images.
-
-
-def _resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
-  return np.asarray(Image.fromarray(image).resize((width, height),
-                                                  Image.BILINEAR))
-
-
-def _resize_maps(maps: np.ndarray, height: int, width: int) -> np.ndarray:
-  """Bilinear resize of (h, w, C) float32 maps, channel by channel on the host
-  (a jitted resize would compile once per image size)."""
-  return np.stack([
-      np.asarray(Image.fromarray(maps[..., c]).resize((width, height),
-                                                      Image.BILINEAR))
-      for c in range(maps.shape[-1])], axis=-1)
-
-
-# ---------------------------------------------------------------------------
-# Buckets.
-
-
-def bucket_size(n: int) -> int:
-  """The padded size of a side of `n` pixels.
-
-  Multiples of 32 up to 256, of 64 up to 512, of 128 up to 1024, of 256
-  beyond: at most ~25% extra pixels per side (less for typical sizes), and a
-  handful of shapes for a folder of photos (VOC: 384 or 512 per side).
-  """
-  if n < 1:
-    raise ValueError(f'Image side must be positive, got {n}.')
-  for limit, step in ((256, 32), (512, 64), (1024, 128)):
-    if n <= limit:
-      return -(-n // step) * step
-  return -(-n // 256) * 256
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-  shifted = logits - logits.max(axis=-1, keepdims=True)
-  e = np.exp(shifted)
-  return e / e.sum(axis=-1, keepdims=True)
-
-
-def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-  """Start offsets of tiles of `tile` covering [0, length), evenly spread,
-  each pair of neighbours overlapping by at least `overlap`."""
-  if length <= tile:
-    return [0]
-  stride = max(1, tile - overlap)
-  count = -(-(length - tile) // stride) + 1
-  return [round(i * (length - tile) / (count - 1)) for i in range(count)]
 
 
 # ---------------------------------------------------------------------------
@@ -202,17 +147,17 @@ class Segmenter:
                                overlap: float) -> np.ndarray:
     height, width = rgb.shape[:2]
     if not window or (height <= window and width <= window):
-      return _softmax(self.logits(rgb))
+      return tiling.softmax(self.logits(rgb))
     # Sliding window: same-size tiles (one compilation), probabilities
     # averaged where tiles overlap.
     tile_h, tile_w = min(window, height), min(window, width)
     margin = int(round(overlap * window))
     total = np.zeros((height, width, self.num_classes), np.float32)
     count = np.zeros((height, width, 1), np.float32)
-    for top in _tile_starts(height, tile_h, margin):
-      for left in _tile_starts(width, tile_w, margin):
+    for top in tiling.tile_starts(height, tile_h, margin):
+      for left in tiling.tile_starts(width, tile_w, margin):
         crop = rgb[top:top + tile_h, left:left + tile_w]
-        total[top:top + tile_h, left:left + tile_w] += _softmax(
+        total[top:top + tile_h, left:left + tile_w] += tiling.softmax(
             self.logits(crop))
         count[top:top + tile_h, left:left + tile_w] += 1
     return total / count
@@ -244,8 +189,8 @@ class Segmenter:
     for scale in scales:
       size_h = max(1, int(round(height * scale)))
       size_w = max(1, int(round(width * scale)))
-      scaled = rgb if (size_h, size_w) == (height, width) else _resize_image(
-          rgb, size_h, size_w)
+      scaled = (rgb if (size_h, size_w) == (height, width)
+                else tiling.resize_image(rgb, size_h, size_w))
       views = [self._probabilities_one_scale(scaled, window, overlap)]
       if flip:
         flipped = self._probabilities_one_scale(
@@ -253,7 +198,7 @@ class Segmenter:
         views.append(flipped[:, ::-1])
       for probs in views:
         if probs.shape[:2] != (height, width):
-          probs = _resize_maps(probs, height, width)
+          probs = tiling.resize_maps(probs, height, width)
         total += probs
     return total / (len(scales) * (2 if flip else 1))
 
@@ -289,8 +234,8 @@ class Segmenter:
     height, width = rgb.shape[:2]
     tile_h, tile_w = min(window, height), min(window, width)
     margin = int(round(overlap * window))
-    tops = _tile_starts(height, tile_h, margin)
-    lefts = _tile_starts(width, tile_w, margin)
+    tops = tiling.tile_starts(height, tile_h, margin)
+    lefts = tiling.tile_starts(width, tile_w, margin)
     labels = np.empty((height, width), dtype)
     start = 0  # First row still held in `total`.
     total = np.zeros((0, width, self.num_classes), np.float32)
@@ -304,7 +249,7 @@ class Segmenter:
       rows = slice(top - start, top - start + tile_h)
       for left in lefts:
         crop = rgb[top:top + tile_h, left:left + tile_w]
-        total[rows, left:left + tile_w] += _softmax(self.logits(crop))
+        total[rows, left:left + tile_w] += tiling.softmax(self.logits(crop))
         count[rows, left:left + tile_w] += 1
       done = tops[i + 1] if i + 1 < len(tops) else height
       labels[start:done] = np.argmax(
@@ -333,40 +278,6 @@ def forward(model: models.FCN, params, images: jax.Array,
 
 # ---------------------------------------------------------------------------
 # Loading.
-
-
-def dataset_meta(config: ml_collections.ConfigDict, num_classes: int,
-                 workdir: str | None = None
-                 ) -> tuple[tuple[str, ...], np.ndarray]:
-  """Class names and palette for `config.dataset`.
-
-  Reads `<workdir>/dataset_info.json` (written by training) when there is
-  one; else the dataset's meta data when the dataset is available here;
-  otherwise (e.g. converted weights on a machine without the training data)
-  VOC's names for 21 classes and numbered names else, with the VOC colour map.
-  """
-  info = dataset_info.load(workdir) if workdir else None
-  if info is not None and info['num_classes'] == num_classes:
-    return info['class_names'], info['palette']
-  try:
-    _, _, info = input_pipeline.create_datasets(config)
-    if info.num_classes == num_classes:
-      return tuple(info.class_names), np.asarray(info.palette, np.uint8)
-  except Exception as e:  # pylint: disable=broad-except
-    logging.info('Dataset %r not available for class names (%s).',
-                 config.get('dataset'), _first_line(e))
-  names = tuple(f'class_{i}' for i in range(num_classes))
-  shipped = tasks.shipped_class_names(config.get('dataset', ''))
-  if num_classes == len(voc.VOC_CLASS_NAMES):
-    names = voc.VOC_CLASS_NAMES
-  elif shipped is not None and len(shipped) == num_classes:
-    names = shipped
-  return names, input_pipeline.voc_palette(num_classes)
-
-
-def _first_line(e: Any) -> str:
-  text = str(e).strip()
-  return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def load(path: str, checkpoint: str | int = 'best', *,
@@ -436,7 +347,8 @@ def load(path: str, checkpoint: str | int = 'best', *,
     raise workdir_lib.CheckpointError(
         f'{checkpoint_path}: cannot build the model: {e}')
   architecture.check_params_fit(model, params, checkpoint_path)
-  class_names, palette = dataset_meta(config, config.num_classes, config_dir)
+  class_names, palette = dataset_info.dataset_meta(config, config.num_classes,
+                                                   config_dir)
   return Segmenter(model=model, params=params, config=config,
                    class_names=class_names, palette=palette,
                    checkpoint=checkpoint_path, bucket=bucket,

@@ -15,7 +15,6 @@ from PIL import Image
 
 from fcn_jax import cli
 from fcn_jax import dataset_info
-from fcn_jax import inference
 from fcn_jax import input_pipeline
 from fcn_jax import optimizer
 from fcn_jax import summaries
@@ -85,11 +84,11 @@ def test_class_names_come_from_dataset_info_without_the_dataset(tmp_path):
   # names are numbered, with it they are the training run's.
   config = default.get_config()
   config.dataset, config.data_dir = 'voc_dir', str(tmp_path / 'gone')
-  names, _ = inference.dataset_meta(config, 3, str(tmp_path))
+  names, _ = dataset_info.dataset_meta(config, 3, str(tmp_path))
   assert names == ('class_0', 'class_1', 'class_2')
   dataset_info.save(str(tmp_path), 'voc_dir', ['sky', 'road', 'car'],
                     [[1, 2, 3], [4, 5, 6], [7, 8, 9]])
-  names, palette = inference.dataset_meta(config, 3, str(tmp_path))
+  names, palette = dataset_info.dataset_meta(config, 3, str(tmp_path))
   assert names == ('sky', 'road', 'car')
   assert palette.tolist() == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
 

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from fcn_jax import inference
+from fcn_jax import tiling
 from fcn_jax import input_pipeline
 from fcn_jax import models
 from fcn_jax import workdir as workdir_lib
@@ -60,8 +61,8 @@ def test_bucket_size_ladder():
   # Multiples of 32 to 256, of 64 to 512, of 128 to 1024, then of 256.
   cases = {1: 32, 32: 32, 33: 64, 255: 256, 256: 256, 257: 320, 375: 384,
            500: 512, 513: 640, 1000: 1024, 1025: 1280}
-  assert {n: inference.bucket_size(n) for n in cases} == cases
-  sides = [inference.bucket_size(n) for n in range(1, 513)]
+  assert {n: tiling.bucket_size(n) for n in cases} == cases
+  sides = [tiling.bucket_size(n) for n in range(1, 513)]
   assert all(b >= n for n, b in zip(range(1, 513), sides))
   assert len(set(sides)) == 12  # 8 below 256 + 4 up to 512.
 
@@ -155,7 +156,7 @@ def test_mixed_sizes_compile_once_per_bucket():
     for height, width in sizes:
       assert segmenter.segment(random_image(rng, height, width)).shape == (
           height, width)
-  buckets = {(inference.bucket_size(h), inference.bucket_size(w))
+  buckets = {(tiling.bucket_size(h), tiling.bucket_size(w))
              for h, w in sizes}
   assert buckets == {(64, 64), (96, 96)}
   assert segmenter.num_compilations == len(buckets)

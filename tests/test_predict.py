@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from fcn_jax import inference
+from fcn_jax import tiling
 from fcn_jax import input_pipeline
 from fcn_jax import predict
 from fcn_jax import visualize
@@ -94,7 +95,7 @@ def test_predict_folder_of_mixed_images(trained_workdir, tmp_path):
   # 5 distinct sizes, 3 bucket shapes: 512x384, 384x512 and 32x64 (shared by
   # the 31x45, 21x33 and 24x40 images): one compilation each.
   compiled = int(re.search(r'(\d+) compilation', result.stdout).group(1))
-  buckets = {(inference.bucket_size(h), inference.bucket_size(w))
+  buckets = {(tiling.bucket_size(h), tiling.bucket_size(w))
              for h, w in sizes.values()}
   assert buckets == {(512, 384), (384, 512), (32, 64)}
   assert compiled == len(buckets) < len(set(sizes.values()))
