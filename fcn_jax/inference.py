@@ -66,7 +66,8 @@ class Segmenter:
     class_names: one name per class.
     palette: (num_classes, 3) uint8 RGB colours.
     checkpoint: where the parameters came from.
-    bucket: pad inputs to `bucket_size` shapes (False: compile every shape).
+    bucket: pad inputs to `tiling.bucket_size` shapes (False: compile every
+      shape).
     compiled_shapes: input shapes the forward pass was compiled for, in
       order (one entry per compilation; its length is the compile count).
     max_pixels: `segment` tiles larger images automatically, in
@@ -119,7 +120,8 @@ class Segmenter:
     inputs = np.asarray(inputs, np.float32)
     height, width = inputs.shape[:2]
     if self.bucket:
-      padded_h, padded_w = bucket_size(height), bucket_size(width)
+      padded_h = tiling.bucket_size(height)
+      padded_w = tiling.bucket_size(width)
     else:
       padded_h, padded_w = height, width
     batch = np.zeros((1, padded_h, padded_w, inputs.shape[-1]), np.float32)
@@ -134,7 +136,8 @@ class Segmenter:
     rgb, _ = decode.to_rgb(image)
     height, width = rgb.shape[:2]
     if self.bucket:
-      padded_h, padded_w = bucket_size(height), bucket_size(width)
+      padded_h = tiling.bucket_size(height)
+      padded_w = tiling.bucket_size(width)
     else:
       padded_h, padded_w = height, width
     batch = np.zeros((1, padded_h, padded_w, 3), np.uint8)
@@ -294,7 +297,7 @@ def load(path: str, checkpoint: str | int = 'best', *,
     config_overrides: dotted config keys to change (e.g. {'model':
       'fcn8s-atonce'} for converted at-once weights without a config).
     dtype: computation dtype, 'float32' or 'bfloat16' (default: the config's).
-    bucket: pad inputs to a few bucket shapes (see `bucket_size`).
+    bucket: pad inputs to a few bucket shapes (see `tiling.bucket_size`).
     seed: for a checkpoint of several seeds (config.seeds), the seed to
       load; None = the best by validation mean IU (fcn_jax.seeds).
 

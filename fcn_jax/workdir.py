@@ -15,13 +15,15 @@ checkpoints are ranked), the later step on a tie, the latest step when no
 finished step was evaluated. Only step directories count that Orbax has
 renamed from their temporary name, i.e. finished ones, so an evaluation whose
 checkpoint a kill cut short is never picked; the last record of a step wins
-(a resumed run evaluates a step again). Everything here only reads, so it is
-safe while a trainer writes into the same workdir.
+(a resumed run evaluates a step again). The readers below never write, lock
+or clean up, so they are safe while a trainer writes into the same workdir.
 
 Parameters are restored without the optimizer state (`restore_params`) from
 a step directory, any Orbax PyTree checkpoint holding them, or a converted
-checkpoint (`save_params`: items `params` and `metadata`, as `python -m
-fcn_jax.convert` writes); `load_params` also takes a workdir (its best step).
+checkpoint (`save_params`: items `params` and `metadata`, as ``python -m
+fcn_jax.convert`` writes); `load_params` also takes a workdir (its best step).
+Only these import JAX and Orbax, so that reports and sweeps read workdirs
+without them.
 """
 
 from __future__ import annotations
@@ -63,22 +65,27 @@ class DeclaredSizeError(CheckpointError):
 
 
 def config_path(workdir: str) -> str:
+  """`<workdir>/config.json`."""
   return os.path.join(workdir, CONFIG_FILE)
 
 
 def checkpoint_dir(workdir: str) -> str:
+  """The absolute `<workdir>/checkpoints` (Orbax's CheckpointManager root)."""
   return os.path.join(os.path.abspath(workdir), CHECKPOINTS)
 
 
 def step_dir(workdir: str, step: int) -> str:
+  """The directory of the checkpoint at `step`."""
   return os.path.join(checkpoint_dir(workdir), str(step))
 
 
 def corrupt_dir(workdir: str) -> str:
+  """Where damaged checkpoints are moved aside on resume."""
   return os.path.join(os.path.abspath(workdir), CORRUPT_CHECKPOINTS)
 
 
 def metrics_path(workdir: str) -> str:
+  """`<workdir>/metrics.jsonl`."""
   return os.path.join(workdir, METRICS_FILE)
 
 
