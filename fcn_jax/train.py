@@ -26,7 +26,6 @@ from flax.training import train_state
 
 from fcn_jax import checkpointing
 from fcn_jax import config_checks
-from fcn_jax import convert
 from fcn_jax import dataset_info
 from fcn_jax import fault_tolerance
 from fcn_jax import grad_accum
