@@ -44,6 +44,7 @@ from absl import flags
 from experiments import sweep as sweep_lib
 from fcn_jax import cli
 from fcn_jax import errors
+from fcn_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 DEFAULT_RESAMPLES = 2000
@@ -182,7 +183,7 @@ def _with_seed_axis(hists) -> np.ndarray:
 def resolve_run(spec: str) -> list[str]:
   """The workdirs named by a workdir or a `<sweep dir>/<setting>` path."""
   path = os.path.normpath(spec)
-  if os.path.isfile(os.path.join(path, 'config.json')):
+  if workdir_lib.is_workdir(path):
     return [path]
   if os.path.isfile(os.path.join(path, sweep_lib.SWEEP_FILE)):
     raise CompareError(f'{spec}: is a sweep; name one of its settings, '
@@ -194,8 +195,7 @@ def resolve_run(spec: str) -> list[str]:
                        'nor <sweep dir>/<setting>.')
   workdirs = [os.path.join(parent, e['name']) for e in sweep['runs']
               if e['setting'] == setting]
-  workdirs = [w for w in workdirs
-              if os.path.isfile(os.path.join(w, 'config.json'))]
+  workdirs = [w for w in workdirs if workdir_lib.is_workdir(w)]
   if not workdirs:
     raise CompareError(f'{spec}: no run of setting {setting!r} in the sweep; '
                        f'{_settings_hint(parent)}')
@@ -224,8 +224,8 @@ def per_image_confusions(workdir: str, checkpoint: str = 'best',
   from fcn_jax import evaluate  # pylint: disable=g-import-not-at-top
   from fcn_jax import inference  # pylint: disable=g-import-not-at-top
   from fcn_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  checkpoint_path = inference.resolve_checkpoint(workdir, checkpoint)
-  step = inference.checkpoint_step(checkpoint_path)
+  checkpoint_path = workdir_lib.resolve_checkpoint(workdir, checkpoint)
+  step = workdir_lib.checkpoint_step(checkpoint_path)
   cache = _cache_path(workdir, split, step)
   if os.path.isfile(cache):
     with np.load(cache, allow_pickle=False) as data:

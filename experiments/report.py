@@ -44,6 +44,7 @@ import numpy as np
 from experiments import sweep as sweep_lib
 from fcn_jax import cli
 from fcn_jax import errors
+from fcn_jax import workdir as workdir_lib
 
 SCORES = ('overall_acc', 'mean_acc', 'mean_iu', 'fwavacc', 'boundary_mean_iu')
 SCORE_TITLES = {'overall_acc': 'pixel acc.', 'mean_acc': 'mean acc.',
@@ -97,7 +98,7 @@ def read_records(path: str) -> dict[str, list[dict]]:
 def load_runs(sweep_dir: str) -> list[Run]:
   """All runs of a sweep directory, in the sweep file's order."""
   sweep = sweep_lib.read_json(os.path.join(sweep_dir, 'sweep.json'))
-  if sweep is None and os.path.isfile(os.path.join(sweep_dir, 'metrics.jsonl')):
+  if sweep is None and os.path.isfile(workdir_lib.metrics_path(sweep_dir)):
     return [load_workdir(sweep_dir)]
   if sweep is None:
     raise errors.MissingFileError(
@@ -107,9 +108,8 @@ def load_runs(sweep_dir: str) -> list[Run]:
   for entry in sweep['runs']:
     run_dir = os.path.join(sweep_dir, entry['name'])
     record = sweep_lib.read_json(os.path.join(run_dir, 'sweep_run.json')) or {}
-    config_record = sweep_lib.read_json(
-        os.path.join(run_dir, 'config.json')) or {}
-    records = read_records(os.path.join(run_dir, 'metrics.jsonl'))
+    config_record = workdir_lib.read_config(run_dir, strict=False) or {}
+    records = read_records(workdir_lib.metrics_path(run_dir))
     runs.append(Run(
         name=entry['name'], setting=entry['setting'],
         seed=entry['overrides'].get('seed'),
@@ -123,9 +123,8 @@ def load_runs(sweep_dir: str) -> list[Run]:
 
 def load_workdir(workdir: str) -> Run:
   """One training workdir of `python -m fcn_jax.main` as a run."""
-  config_record = sweep_lib.read_json(
-      os.path.join(workdir, 'config.json')) or {}
-  records = read_records(os.path.join(workdir, 'metrics.jsonl'))
+  config_record = workdir_lib.read_config(workdir, strict=False) or {}
+  records = read_records(workdir_lib.metrics_path(workdir))
   name = os.path.basename(os.path.normpath(os.path.abspath(workdir)))
   val, final_step = records.get('val', []), config_record.get('num_train_steps')
   finished = bool(val) and val[-1]['step'] == final_step
@@ -142,7 +141,7 @@ def class_names(sweep_dir: str, runs: Sequence[Run],
     info = sweep_lib.read_json(os.path.join(run_dir, 'dataset_info.json'))
     if info and len(info.get('class_names', ())) == num_classes:
       return list(info['class_names'])
-    config_record = sweep_lib.read_json(os.path.join(run_dir, 'config.json'))
+    config_record = workdir_lib.read_config(run_dir, strict=False)
     if config_record and config_record.get('dataset') == 'synthetic':
       from fcn_jax.data import synthetic  # numpy only: cheap to import.
       if len(synthetic.CLASS_NAMES) == num_classes:

@@ -53,14 +53,15 @@ from absl import logging
 
 from fcn_jax import cli
 from fcn_jax import errors
+from fcn_jax import workdir as workdir_lib
 
 # Inside the package, so that sweeps run from any directory.
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(cli.__file__)),
                               'configs', 'default.py')
 RUN_FILE = 'sweep_run.json'
 SWEEP_FILE = 'sweep.json'
+METRICS_FILE = workdir_lib.METRICS_FILE
 LOG_FILE = 'log.txt'
-METRICS_FILE = 'metrics.jsonl'
 SEED_KEY = 'seed'
 
 
@@ -226,8 +227,9 @@ def _write_json(path: str, data: dict) -> None:
 
 def final_step(run_dir: str) -> int | None:
   """num_train_steps from the run's resolved config.json (None if absent)."""
-  config_record = read_json(os.path.join(run_dir, 'config.json'))
-  return None if config_record is None else config_record.get('num_train_steps')
+  config_record = workdir_lib.read_config(run_dir, strict=False)
+  return None if config_record is None else config_record.get(
+      'num_train_steps')
 
 
 def last_val_step(run_dir: str) -> int | None:
@@ -353,7 +355,7 @@ def write_seed_views(group_dir: str, seed_dirs: Sequence[str],
     records[record.get(SEED_KEY)].append(line.rstrip('\n') + '\n')
   for seed_dir, seed, run_overrides in zip(seed_dirs, seeds, overrides):
     os.makedirs(seed_dir, exist_ok=True)
-    for name in ('config.json', 'dataset_info.json'):
+    for name in (workdir_lib.CONFIG_FILE, 'dataset_info.json'):
       source = os.path.join(group_dir, name)
       if os.path.exists(source):
         with open(source) as f:

@@ -378,7 +378,7 @@ def convert_caffemodel(path: str, model: str = '',
     learn_upsampling: as in `params_from_net`.
 
   Returns:
-    (params, metadata) with the keys `convert.save_params` writes.
+    (params, metadata) with the keys `workdir.save_params` writes.
   """
   net = caffemodel.read_caffemodel(path)
   if model in REFERENCE_MODELS:

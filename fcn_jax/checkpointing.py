@@ -17,10 +17,10 @@ full disk, a permission or network problem, memory, or an error not known to
 mean damage) is retried with a short backoff and then stops the run with
 `CheckpointUnavailableError`, every checkpoint left where it is.
 
-Readers of a workdir (evaluation, prediction, export, conversion,
-init_from) use `create_read_only_manager`: no temporary-directory cleanup,
-no deletion, no directory creation, no lock, so they are safe while a trainer
-writes into the same workdir.
+Paths come from `fcn_jax.workdir`, which also reads a workdir back for
+evaluation, prediction, export and init_from (parameters only, files only,
+so it is safe while a trainer writes). `create_read_only_manager` is the
+Orbax view of a workdir that never cleans up, deletes, creates or locks.
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ import time
 
 import grain
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
 from absl import logging
 
 from fcn_jax import errors
 from fcn_jax import fault_tolerance
-from orbax.checkpoint._src.checkpoint_managers import preservation_policy as pp
+from fcn_jax import workdir as workdir_lib
 
 BEST_METRIC = 'mean_iu'
 # Item names inside a step directory. 'default' is the name Orbax gives a
@@ -75,53 +75,15 @@ class CheckpointUnavailableError(RuntimeError, errors.UserError):
   full, permissions, memory); no intact checkpoint was moved or deleted."""
 
 
-# A checkpoint may declare more array bytes than it stores (TensorStore
-# compresses, and skips chunks equal to the fill value), but not absurdly
-# more: above this ratio plus slack the declared shapes are not believed.
-MAX_DECLARED_RATIO = 1000
-MAX_DECLARED_SLACK_BYTES = 1 << 30
-
-
-class DeclaredSizeError(ValueError, errors.UserError):
-  """A checkpoint's metadata declares arrays far larger than its files."""
-
-
-def check_declared_sizes(item_dir: str, metadata_tree) -> None:
-  """Raises DeclaredSizeError before restoring absurdly declared arrays.
-
-  Args:
-    item_dir: an Orbax item directory (holding _METADATA and the data).
-    metadata_tree: its item metadata (leaves with .shape and .dtype).
-  """
-  declared = 0
-  for leaf in jax.tree.leaves(metadata_tree):
-    shape = getattr(leaf, 'shape', None)
-    dtype = getattr(leaf, 'dtype', None)
-    if shape is None or dtype is None:
-      continue
-    declared += int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
-  on_disk = sum(os.path.getsize(os.path.join(d, f))
-                for d, _, files in os.walk(item_dir) for f in files)
-  if declared > MAX_DECLARED_RATIO * on_disk + MAX_DECLARED_SLACK_BYTES:
-    raise DeclaredSizeError(
-        f'{item_dir}: the checkpoint declares {declared:,} bytes of arrays '
-        f'but holds {on_disk:,} bytes of files; refusing to allocate them '
-        '(damaged or crafted metadata).')
-
-
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), 'checkpoints')
-
-
 def _best_metric(metrics) -> float:
   return metrics[BEST_METRIC]
 
 
 def create_manager(workdir: str, keep: int = 2) -> ocp.CheckpointManager:
   """A CheckpointManager keeping the last `keep` steps and the best mean IU."""
-  policy = pp.AnyPreservationPolicy([
-      pp.LatestN(n=keep),
-      pp.BestN(get_metric_fn=_best_metric, n=1,
+  policy = checkpoint_managers.AnyPreservationPolicy([
+      checkpoint_managers.LatestN(n=keep),
+      checkpoint_managers.BestN(get_metric_fn=_best_metric, n=1,
                keep_checkpoints_without_metrics=False),
   ])
   options = ocp.CheckpointManagerOptions(
@@ -129,7 +91,8 @@ def create_manager(workdir: str, keep: int = 2) -> ocp.CheckpointManager:
       create=True, cleanup_tmp_directories=True)
   # Named items: otherwise Orbax takes a step holding a 'default' folder for
   # a single-item checkpoint and refuses to read the data item next to it.
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+  return ocp.CheckpointManager(workdir_lib.checkpoint_dir(workdir),
+                               options=options,
                                item_names=(STATE_ITEM, DATA_ITEM))
 
 
@@ -143,7 +106,8 @@ def create_read_only_manager(workdir: str) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       best_fn=_best_metric, best_mode='max', read_only=True, create=False,
       cleanup_tmp_directories=False, enable_async_checkpointing=False)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+  return ocp.CheckpointManager(workdir_lib.checkpoint_dir(workdir),
+                               options=options,
                                item_names=(STATE_ITEM, DATA_ITEM))
 
 
@@ -236,19 +200,16 @@ def restore(manager: ocp.CheckpointManager, abstract_state,
   return manager.restore(step, args=ocp.args.Composite(**items))[STATE_ITEM]
 
 
-def corrupt_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), 'corrupt_checkpoints')
-
-
 def _quarantine(manager: ocp.CheckpointManager, workdir: str, step: int) -> str:
   """Moves an unreadable step aside, so it is neither restored nor overwritten.
 
   Kept rather than deleted, for inspection. Only process 0 moves it.
   """
-  source = os.path.join(checkpoint_dir(workdir), str(step))
-  target = os.path.join(corrupt_dir(workdir), f'{step}-{int(time.time())}')
+  source = workdir_lib.step_dir(workdir, step)
+  target = os.path.join(workdir_lib.corrupt_dir(workdir),
+                        f'{step}-{int(time.time())}')
   if jax.process_index() == 0 and os.path.exists(source):
-    os.makedirs(corrupt_dir(workdir), exist_ok=True)
+    os.makedirs(workdir_lib.corrupt_dir(workdir), exist_ok=True)
     os.rename(source, target)
   manager.reload()
   return target
@@ -277,7 +238,7 @@ def _holds_other_structure(workdir: str, step: int, abstract_state) -> bool:
       (tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(abstract_state))
   try:
     saved = _saved_shape_counts(
-        os.path.join(checkpoint_dir(workdir), str(step)))
+        workdir_lib.step_dir(workdir, step))
   except Exception:  # pylint: disable=broad-except
     return False
   saved = [counts for counts in saved if counts]  # Empty: unreadable.
@@ -345,7 +306,7 @@ def _restore_or_classify(manager, workdir, step, abstract_state,
   """(state, None) if step `step` restores, else (None, error) for proven
   damage. Raises CheckpointUnavailableError after RESTORE_ATTEMPTS failures
   that prove nothing."""
-  step_dir = os.path.join(checkpoint_dir(workdir), str(step))
+  step_dir = workdir_lib.step_dir(workdir, step)
   damaged = 0
   for attempt in range(RESTORE_ATTEMPTS):
     try:
@@ -354,10 +315,11 @@ def _restore_or_classify(manager, workdir, step, abstract_state,
       error = e  # MemoryError included: it is an Exception.
     if _holds_other_structure(workdir, step, abstract_state):
       raise fault_tolerance.ConfigError(
-          f'Checkpoint at step {step} in {checkpoint_dir(workdir)} holds '
-          'other arrays than this config builds (another model, width, '
-          'class count, upsampling or optimizer): resume with the config it '
-          'was trained with, or use a new --workdir.') from error
+          f'Checkpoint at step {step} in '
+          f'{workdir_lib.checkpoint_dir(workdir)} holds other arrays than '
+          'this config builds (another model, width, class count, upsampling '
+          'or optimizer): resume with the config it was trained with, or use '
+          'a new --workdir.') from error
     if classify_restore_error(error, step_dir) == 'damaged':
       damaged += 1
       if damaged >= 2:  # The same kind of damage twice: not a passing read.
@@ -365,11 +327,12 @@ def _restore_or_classify(manager, workdir, step, abstract_state,
     elif attempt == RESTORE_ATTEMPTS - 1:
       raise CheckpointUnavailableError(
           f'Cannot read the checkpoint at step {step} in '
-          f'{checkpoint_dir(workdir)} after {RESTORE_ATTEMPTS} attempts '
-          f'({_describe(error)}); this does not show that the checkpoint is '
-          'damaged, so every checkpoint was left in place. Fix the storage, '
-          'memory or permissions and run the same command again (if you know '
-          'this checkpoint is damaged, move its directory away by hand).'
+          f'{workdir_lib.checkpoint_dir(workdir)} after {RESTORE_ATTEMPTS} '
+          f'attempts ({_describe(error)}); this does not show that the '
+          'checkpoint is damaged, so every checkpoint was left in place. Fix '
+          'the storage, memory or permissions and run the same command again '
+          '(if you know this checkpoint is damaged, move its directory away '
+          'by hand).'
       ) from error
     logging.warning('Reading the checkpoint at step %d failed (%s); trying '
                     'again.', step, _describe(error))
@@ -409,7 +372,7 @@ def restore_latest_valid(manager: ocp.CheckpointManager, workdir: str,
         'back to the previous checkpoint.', step, _describe(e), target)
   if steps:
     raise CheckpointUnavailableError(
-        f'No readable checkpoint in {checkpoint_dir(workdir)} (tried steps '
-        f'{steps}, moved to {corrupt_dir(workdir)}); refusing to start over '
-        'silently. Run again to train from scratch.')
+        f'No readable checkpoint in {workdir_lib.checkpoint_dir(workdir)} '
+        f'(tried steps {steps}, moved to {workdir_lib.corrupt_dir(workdir)}); '
+        'refusing to start over silently. Run again to train from scratch.')
   return None

@@ -94,7 +94,7 @@ def run(main: Callable[[Sequence[str]], Optional[int]],
 
 
 # Flags shared by the commands that load a trained model.
-DTYPES = ('', 'float32', 'bfloat16')
+_DTYPES = ('', 'float32', 'bfloat16')
 _SEED_HELP = ('For a run of several seeds (config.seeds): the seed to use; '
               '-1 = the best by validation mean IU.')
 
@@ -120,7 +120,7 @@ def define_checkpoint_flags(checkpoint_alone: bool = True) -> None:
                         "mean IU), 'latest', a step number, or a checkpoint "
                         'path.')
     flags.mark_flags_as_required(['workdir'])
-  flags.DEFINE_enum('dtype', '', list(DTYPES), "Computation dtype ('' = the "
+  flags.DEFINE_enum('dtype', '', list(_DTYPES), "Computation dtype ('' = the "
                     "training config's); bfloat16 is for accelerators.")
   flags.DEFINE_integer('seed', -1, _SEED_HELP)
   _list_in_command_help('workdir', 'checkpoint', 'dtype', 'seed')

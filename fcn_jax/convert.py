@@ -21,123 +21,27 @@ Sources:
 ``.pth`` files are read WITHOUT torch by the restricted unpickler of
 `fcn_jax.pth` (it refuses every other global, so a malicious pickle cannot
 run code); the layer surgery is `fcn_jax.surgery`. The output is an Orbax
-checkpoint directory holding ``params`` and ``metadata``; `load_params` reads
-it back, as well as a training workdir, and `init_from` merges it into a
-model's parameters (``config.init_from``).
+checkpoint directory holding ``params`` and ``metadata``
+(`fcn_jax.workdir.save_params`; `workdir.load_params` reads it back, as well
+as a training workdir), and `init_from` merges it into a model's parameters
+(``config.init_from``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping
 
 import jax
-import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 
-from fcn_jax import checkpointing
 from fcn_jax import errors
 from fcn_jax import models
 from fcn_jax import pth
 from fcn_jax import surgery
+from fcn_jax import workdir as workdir_lib
 
 FORMATS = ('vgg16-caffe', 'vgg16-torchvision', 'torchfcn', 'caffemodel')
-
-CONVERTED_MARKER = 'metadata'  # Sub-directory of a converted checkpoint.
-
-
-# ---------------------------------------------------------------------------
-# Saving and loading.
-# ---------------------------------------------------------------------------
-
-
-def save_params(path: str, params, metadata: Mapping[str, Any]) -> None:
-  """Writes params + JSON metadata as an Orbax checkpoint directory."""
-  path = os.path.abspath(path)
-  if os.path.exists(path):
-    raise FileExistsError(f'{path}: output already exists; choose a new path.')
-  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-    checkpointer.save(path, ocp.args.Composite(
-        params=ocp.args.StandardSave(params),
-        metadata=ocp.args.JsonSave(dict(metadata))))
-
-
-def _restore_tree(item_dir: str, subtree: str | None = None):
-  """Restores (a subtree of) an Orbax PyTree checkpoint as numpy arrays."""
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    tree = checkpointer.metadata(item_dir).item_metadata
-    if subtree is not None:
-      if subtree not in tree:
-        raise ValueError(f'{item_dir}: checkpoint has no {subtree!r} entry.')
-      tree = {subtree: tree[subtree]}
-    checkpointing.check_declared_sizes(item_dir, tree)
-    item = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), dict(tree))
-    restore_args = jax.tree.map(
-        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-    restored = checkpointer.restore(item_dir, args=ocp.args.PyTreeRestore(
-        item=item, restore_args=restore_args, partial_restore=True))
-  return restored[subtree] if subtree is not None else restored
-
-
-def _training_step_dir(path: str) -> str | None:
-  """The checkpoint step directory a training workdir (or its checkpoints/) means.
-
-  The best step by validation mean IU when recorded, else the latest.
-  """
-  ckpt_dir = os.path.join(path, 'checkpoints')
-  if not os.path.isdir(ckpt_dir):
-    if os.path.basename(os.path.normpath(path)) != 'checkpoints':
-      return None
-    ckpt_dir = path
-  workdir = os.path.dirname(os.path.abspath(ckpt_dir))
-  # Read-only: a trainer may be writing a checkpoint in this workdir now.
-  manager = checkpointing.create_read_only_manager(workdir)
-  step = manager.best_step()
-  if step is None:
-    step = manager.latest_step()
-  manager.close()
-  if step is None:
-    raise ValueError(f'{path}: training workdir without any checkpoint.')
-  return os.path.join(checkpointing.checkpoint_dir(workdir), str(step))
-
-
-def load_params(path: str) -> tuple[dict, dict]:
-  """Reads params from a converted checkpoint or a training checkpoint.
-
-  Accepts: a directory written by `save_params` / ``python -m
-  fcn_jax.convert``; a training workdir (its best checkpoint by validation
-  mean IU, else the latest); its ``checkpoints`` directory; or one step
-  directory ``<workdir>/checkpoints/<step>``.
-
-  Returns:
-    (params as nested dict of numpy arrays, metadata dict).
-  """
-  path = os.path.abspath(path)
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f'{path}: no such checkpoint directory.')
-  if os.path.isdir(os.path.join(path, 'params')):
-    params = _restore_tree(os.path.join(path, 'params'))
-    with open(os.path.join(path, CONVERTED_MARKER, 'metadata')) as f:
-      metadata = json.load(f)
-    return params, metadata
-  step_dir = _training_step_dir(path) or path
-  item_dir = os.path.join(step_dir, 'default')
-  if not os.path.isdir(item_dir):
-    raise ValueError(f'{path}: neither a converted checkpoint (python -m '
-                     'fcn_jax.convert) nor a training workdir / checkpoint.')
-  metadata = {'source': step_dir, 'format': 'fcn_jax-train'}
-  config_path = os.path.join(os.path.dirname(os.path.dirname(step_dir)),
-                             'config.json')
-  if os.path.isfile(config_path):
-    with open(config_path) as f:
-      config = json.load(f)
-    metadata.update(variant=config.get('model'),
-                    num_classes=config.get('num_classes'),
-                    width=config.get('width'),
-                    learn_upsampling=config.get('learn_upsampling'))
-  return _restore_tree(item_dir, 'params'), metadata
 
 
 def init_from(params, path: str):
@@ -146,7 +50,7 @@ def init_from(params, path: str):
   The arrays are placed like the corresponding `params` leaves (same
   sharding), so this can seed a freshly created, replicated TrainState.
   """
-  source, metadata = load_params(path)
+  source, metadata = workdir_lib.load_params(path)
   merged, report = surgery.merge_params(jax.device_get(params), source)
   logging.info('Initialized from %s (%s): copied %s.', path,
                metadata.get('format', '?'), ', '.join(report['copied']))
@@ -190,7 +94,7 @@ def convert_file(input_path: str, output: str, fmt: str = 'auto',
       raise FileExistsError(f'{os.path.abspath(output)}: output already '
                             'exists; choose a new path.')
     params, metadata = caffe_models.convert_caffemodel(input_path, variant)
-    save_params(output, params, metadata)
+    workdir_lib.save_params(output, params, metadata)
     return metadata
   known = None if skip_checksum else surgery.verify_checksum(input_path)
   if fmt == 'auto':
@@ -220,7 +124,7 @@ def convert_file(input_path: str, output: str, fmt: str = 'auto',
     params = surgery.from_vgg16(state, fmt.split('-')[1])
     metadata.update(variant='vgg16', num_classes=1000)
   metadata['width'] = surgery.infer_width(params)
-  save_params(output, params, metadata)
+  workdir_lib.save_params(output, params, metadata)
   return metadata
 
 

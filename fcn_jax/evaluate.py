@@ -43,6 +43,7 @@ from fcn_jax import input_pipeline
 from fcn_jax import metrics as metrics_lib
 from fcn_jax import tasks
 from fcn_jax import visualize
+from fcn_jax import workdir as workdir_lib
 from fcn_jax import writers
 from fcn_jax.data import decode
 
@@ -222,12 +223,12 @@ def run(workdir: str, checkpoint: str = 'best', split: str = 'val',
   config = segmenter.config
   train_source, val_source, info = input_pipeline.create_datasets(config)
   if info.num_classes != segmenter.num_classes:
-    raise inference.CheckpointError(
+    raise workdir_lib.CheckpointError(
         f'{segmenter.checkpoint}: the model has {segmenter.num_classes} '
         f'classes but dataset {info.name!r} has {info.num_classes}.')
   source = val_source if split == 'val' else train_source
   class_names = tuple(segmenter.class_names)  # From dataset_info.json.
-  step = inference.checkpoint_step(segmenter.checkpoint)
+  step = workdir_lib.checkpoint_step(segmenter.checkpoint)
   logging.info('Evaluating %s (step %s) on %s/%s: %d images.',
                segmenter.checkpoint, step, info.name, split, len(source))
   if tasks.uses_model_input(config):

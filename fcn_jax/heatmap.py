@@ -37,6 +37,7 @@ from fcn_jax import input_pipeline
 from fcn_jax import models
 from fcn_jax import pth
 from fcn_jax import surgery
+from fcn_jax import workdir as workdir_lib
 from fcn_jax.data import decode
 
 IMAGENET_CLASSES = 1000
@@ -74,7 +75,7 @@ def heatmap_size(height: int, width: int) -> tuple[int, int]:
 def load_classifier_params(weights: str, fmt: str = 'auto') -> dict:
   """VGG16 classifier params (with fc8) from a .pth file or a converted dir."""
   if os.path.isdir(weights):
-    params, _ = convert.load_params(weights)
+    params, _ = workdir_lib.load_params(weights)
   else:
     if fmt == 'auto':
       known = surgery.verify_checksum(weights)

@@ -24,44 +24,33 @@ bfloat16 computation dtype (parameters stay float32).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
-import logging as std_logging
 import os
-import re
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 from PIL import Image
 
-from fcn_jax import checkpointing
+from fcn_jax import architecture
 from fcn_jax import dataset_info
-from fcn_jax import errors
 from fcn_jax import input_pipeline
 from fcn_jax import models
 from fcn_jax import tasks
+from fcn_jax import workdir as workdir_lib
 from fcn_jax.configs import default as default_config
 from fcn_jax.data import decode
 from fcn_jax.data import voc
 
-CONFIG_FILE = 'config.json'
-CHECKPOINTS = 'checkpoints'
 DEFAULT_TTA_SCALES = (0.75, 1.0, 1.25)
 # Images with more pixels are segmented in AUTO_WINDOW tiles, a band of tile
 # rows at a time, even when no window is asked for: the forward pass and the
 # probability buffer then stay bounded instead of growing with the image.
 DEFAULT_MAX_PIXELS = 2048 * 2048
 AUTO_WINDOW = 1024
-
-
-class CheckpointError(ValueError, errors.UserError):
-  """A checkpoint is missing, unreadable or does not fit the model."""
 
 
 # ---------------------------------------------------------------------------
@@ -346,302 +335,6 @@ def forward(model: models.FCN, params, images: jax.Array,
 # Loading.
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """`<workdir>/config.json` over the current defaults (for keys added since)."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  try:
-    with open(path) as f:
-      saved = json.load(f)
-  except (OSError, ValueError) as e:
-    raise CheckpointError(f'{path}: cannot read the run config ({e}).') from e
-  if not isinstance(saved, dict):
-    raise CheckpointError(f'{path}: the run config is a '
-                          f'{type(saved).__name__}, not an object.')
-  config = default_config.get_config()
-  try:
-    _merge(config, saved)
-  except (TypeError, ValueError, KeyError, AttributeError) as e:
-    raise CheckpointError(f'{path}: cannot use the run config ({e}).') from e
-  return config
-
-
-def _merge(config: ml_collections.ConfigDict, values: dict) -> None:
-  for key, value in values.items():
-    if isinstance(value, dict) and isinstance(config.get(key),
-                                              ml_collections.ConfigDict):
-      _merge(config[key], value)
-    else:
-      with config.ignore_type():
-        config[key] = value
-
-
-def apply_overrides(config: ml_collections.ConfigDict,
-                    overrides: dict[str, Any]) -> ml_collections.ConfigDict:
-  """Sets dotted keys ('synthetic.val_size') on a copy of `config`."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for parent in parents:
-      node = node[parent]
-    with node.ignore_type():
-      node[leaf] = value
-  return config
-
-
-def _step_dirs(checkpoints_dir: str) -> dict[int, str]:
-  """Finished checkpoint steps (Orbax renames a step dir only once complete)."""
-  steps = {}
-  for name in os.listdir(checkpoints_dir):
-    if name.isdigit() and os.path.isdir(os.path.join(checkpoints_dir, name)):
-      steps[int(name)] = os.path.join(checkpoints_dir, name)
-  return steps
-
-
-def _best_step(checkpoints_dir: str, steps: dict[int, str]) -> int | None:
-  """The step with the highest saved validation mean IU, if any has one."""
-  best, best_value = None, -np.inf
-  for step, path in steps.items():
-    metrics_file = os.path.join(path, 'metrics', 'metrics')
-    try:
-      with open(metrics_file) as f:
-        value = float(json.load(f)['mean_iu'])
-    except (OSError, ValueError, KeyError, TypeError):
-      continue
-    if value > best_value or (value == best_value and step > best):
-      best, best_value = step, value
-  return best
-
-
-def resolve_checkpoint(workdir: str, checkpoint: str | int = 'best') -> str:
-  """The checkpoint directory named by `checkpoint` for a workdir.
-
-  Args:
-    workdir: a training workdir (holding `checkpoints/`).
-    checkpoint: 'best' (highest validation mean IU; the latest if none was
-      ranked), 'latest', a step number, or a path to a checkpoint.
-  """
-  checkpoint = str(checkpoint)
-  if checkpoint not in ('best', 'latest') and not checkpoint.isdigit():
-    if not os.path.exists(checkpoint):
-      raise CheckpointError(f'{checkpoint}: checkpoint does not exist.')
-    return os.path.abspath(checkpoint)
-  checkpoints_dir = os.path.join(workdir, CHECKPOINTS)
-  if not os.path.isdir(checkpoints_dir):
-    raise CheckpointError(f'{checkpoints_dir}: no checkpoints (is {workdir} '
-                          'a training workdir?).')
-  steps = _step_dirs(checkpoints_dir)
-  if not steps:
-    raise CheckpointError(f'{checkpoints_dir}: holds no finished checkpoint.')
-  if checkpoint.isdigit():
-    if int(checkpoint) not in steps:
-      raise CheckpointError(
-          f'{checkpoints_dir}: no checkpoint at step {checkpoint}; available '
-          f'steps: {sorted(steps)}.')
-    return steps[int(checkpoint)]
-  step = _best_step(checkpoints_dir, steps) if checkpoint == 'best' else None
-  if step is None:
-    step = max(steps)
-  return steps[step]
-
-
-def _item_dirs(path: str) -> list[str]:
-  """Orbax PyTree directories (holding `_METADATA`) at or below `path`."""
-  if os.path.isfile(os.path.join(path, '_METADATA')):
-    return [path]
-  found = []
-  for name in sorted(os.listdir(path)):
-    sub = os.path.join(path, name)
-    if os.path.isfile(os.path.join(sub, '_METADATA')):
-      # The train state is the 'default' item of a CheckpointManager step.
-      if name in ('default', 'state'):
-        found.insert(0, sub)
-      else:
-        found.append(sub)
-  return found
-
-
-def _params_subtree(tree: Any) -> tuple[Any, str | None]:
-  """The parameters in a saved tree: TrainState-like {'params': ...} or the
-  parameter dict itself (keys conv1_1, ..., conv1_1_bgrd / conv1_1color for
-  the NYUDv2 models, or conv1, ... for FCN-AlexNet)."""
-  if isinstance(tree, dict):
-    if 'params' in tree and isinstance(tree['params'], dict):
-      inner, _ = _params_subtree(tree['params'])
-      if inner is not None:
-        return tree['params'], 'params'
-    if any(str(k).startswith('conv1_1') for k in tree) or 'conv1' in tree:
-      return tree, None
-  return None, None
-
-
-def restore_params(path: str) -> dict:
-  """Restores only the model parameters (as numpy) from an Orbax checkpoint.
-
-  `path` is a step directory of a CheckpointManager or a PyTree checkpoint
-  directory; optimizer state and other items are not read.
-  """
-  if not os.path.isdir(path):
-    raise CheckpointError(f'{path}: checkpoint does not exist or is not a '
-                          'directory.')
-  with _no_step_metadata_warning():
-    return _restore_params(path)
-
-
-class _StepMetadataFilter(std_logging.Filter):
-  """Drops Orbax's warning that an item directory has no step metadata.
-
-  The step's _CHECKPOINT_METADATA lives one level up (in the step directory,
-  written by the CheckpointManager); reading an item directory alone, as
-  `restore_params` does, makes Orbax warn about it on every load.
-  """
-
-  def filter(self, record) -> bool:
-    message = record.getMessage()
-    return not ('_CHECKPOINT_METADATA' in message and
-                'does not exist' in message)
-
-
-@contextlib.contextmanager
-def _no_step_metadata_warning():
-  logger = std_logging.getLogger('absl')
-  metadata_filter = _StepMetadataFilter()
-  logger.addFilter(metadata_filter)
-  try:
-    yield
-  finally:
-    logger.removeFilter(metadata_filter)
-
-
-def _restore_params(path: str) -> dict:
-  checkpointer = ocp.PyTreeCheckpointer()
-  errors = []
-  for item in _item_dirs(path):
-    try:
-      metadata = checkpointer.metadata(item).item_metadata
-    except Exception as e:  # pylint: disable=broad-except
-      metadata = None
-      errors.append(f'{item}: {_first_line(e)}')
-    if metadata is None:
-      errors.append(f'{item}: unreadable metadata')
-      continue
-    tree = _to_dict(metadata)
-    params_meta, key = _params_subtree(tree)
-    if params_meta is None:
-      continue
-    try:
-      checkpointing.check_declared_sizes(item, params_meta)
-    except checkpointing.DeclaredSizeError as e:
-      raise CheckpointError(str(e)) from None
-    target = jax.tree.map(lambda m: np.zeros((), m.dtype), params_meta)
-    restore_args = jax.tree.map(
-        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
-    if key is not None:
-      target, restore_args = {key: target}, {key: restore_args}
-    try:
-      restored = checkpointer.restore(
-          item, args=ocp.args.PyTreeRestore(
-              item=target, restore_args=restore_args,
-              partial_restore=True))
-    except Exception as e:  # pylint: disable=broad-except
-      # TensorStore/Orbax raise many types for damaged files.
-      raise CheckpointError(f'{item}: cannot read the checkpoint (corrupt or '
-                            f'incomplete?): {_first_line(e)}') from e
-    return restored[key] if key is not None else restored
-  if errors:
-    raise CheckpointError(f'{errors[-1].split(": ")[0]}: cannot read the '
-                          'checkpoint (corrupt or incomplete?): '
-                          f'{"; ".join(e.split(": ", 1)[1] for e in errors)}.')
-  raise CheckpointError(f'{path}: not a readable fcn_jax checkpoint: no '
-                        'saved tree with model parameters.')
-
-
-def _to_dict(tree: Any) -> Any:
-  if hasattr(tree, 'keys') and not hasattr(tree, 'shape'):
-    return {k: _to_dict(tree[k]) for k in tree.keys()}
-  return tree
-
-
-def _first_line(e: Any) -> str:
-  text = str(e).strip()
-  return text.splitlines()[0][:300] if text else type(e).__name__
-
-
-def infer_architecture(params: dict) -> dict[str, Any]:
-  """Model settings read off parameter names and shapes.
-
-  FCN-8s and FCN-8s at-once have the same parameters (at-once only scales
-  the skip inputs), so the variant 'fcn8s' is assumed for both.
-  """
-  if 'conv1' in params and 'score_fr' in params:  # FCN-AlexNet
-    from fcn_jax import alexnet  # pylint: disable=g-import-not-at-top
-    return dict(model='fcn-alexnet',
-                num_classes=int(np.shape(params['score_fr']['kernel'])[-1]),
-                width=np.shape(params['conv1']['kernel'])[-1] / alexnet.CONVS[0][1],
-                learn_upsampling='upscore' in params)
-  try:
-    conv1 = np.shape(params['conv1_1']['kernel'])[-1]
-    num_classes = np.shape(params['score_fr']['kernel'])[-1]
-  except (KeyError, TypeError) as e:
-    raise CheckpointError(f'Parameters lack {e}; not an FCN checkpoint.')
-  if 'score_pool3' in params:
-    variant = 'fcn8s'
-  elif 'score_pool4' in params:
-    variant = 'fcn16s'
-  else:
-    variant = 'fcn32s'
-  return dict(model=variant, num_classes=int(num_classes),
-              width=conv1 / models.VGG16_BLOCKS[0][1],
-              learn_upsampling=any(k.startswith('upscore') for k in params))
-
-
-def _find_config_dir(checkpoint_path: str) -> str | None:
-  """The workdir of a checkpoint: the nearest ancestor with config.json."""
-  path = os.path.abspath(checkpoint_path)
-  for _ in range(4):
-    if os.path.isfile(os.path.join(path, CONFIG_FILE)):
-      return path
-    path = os.path.dirname(path)
-  return None
-
-
-def check_params_fit(model: models.FCN, params: dict, source: str) -> None:
-  """Raises CheckpointError listing how `params` differ from what `model`
-  expects (missing, unexpected or differently shaped arrays)."""
-  expected = jax.eval_shape(
-      lambda: models.init_params(model, jax.random.key(0)))
-  flat_expected = {_path(p): x.shape for p, x in
-                   jax.tree_util.tree_leaves_with_path(expected)}
-  flat_saved = {_path(p): np.shape(x) for p, x in
-                jax.tree_util.tree_leaves_with_path(params)}
-  problems = []
-  missing = sorted(set(flat_expected) - set(flat_saved))
-  extra = sorted(set(flat_saved) - set(flat_expected))
-  if missing:
-    problems.append(f'missing {", ".join(missing[:4])}'
-                    + (' ...' if len(missing) > 4 else ''))
-  if extra:
-    problems.append(f'unexpected {", ".join(extra[:4])}'
-                    + (' ...' if len(extra) > 4 else ''))
-  for name in sorted(set(flat_expected) & set(flat_saved)):
-    if tuple(flat_expected[name]) != tuple(flat_saved[name]):
-      problems.append(f'{name} is {tuple(flat_saved[name])} in the checkpoint '
-                      f'but {tuple(flat_expected[name])} in the model')
-  if problems:
-    found = infer_architecture(params) if 'score_fr' in params else {}
-    hint = (f' The checkpoint looks like {found["model"]} with '
-            f'{found["num_classes"]} classes and width {found["width"]:g}.'
-            if found else '')
-    raise CheckpointError(
-        f'{source}: does not fit model {model.variant} with '
-        f'{model.num_classes} classes and width {model.width:g}: '
-        f'{"; ".join(problems[:3])}.{hint}')
-
-
-def _path(path) -> str:
-  return '/'.join(str(getattr(k, 'key', k)) for k in path)
-
-
 def dataset_meta(config: ml_collections.ConfigDict, num_classes: int,
                  workdir: str | None = None
                  ) -> tuple[tuple[str, ...], np.ndarray]:
@@ -671,6 +364,11 @@ def dataset_meta(config: ml_collections.ConfigDict, num_classes: int,
   return names, input_pipeline.voc_palette(num_classes)
 
 
+def _first_line(e: Any) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0][:300] if text else type(e).__name__
+
+
 def load(path: str, checkpoint: str | int = 'best', *,
          config_overrides: dict[str, Any] | None = None,
          dtype: str | None = None, bucket: bool = True,
@@ -690,50 +388,54 @@ def load(path: str, checkpoint: str | int = 'best', *,
       load; None = the best by validation mean IU (fcn_jax.seeds).
 
   Raises:
-    CheckpointError: missing/corrupt checkpoint, or one that does not fit the
-      configured architecture or class count.
+    workdir_lib.CheckpointError: missing/corrupt checkpoint, or one that does
+      not fit the configured architecture or class count.
   """
   if not os.path.exists(path):
-    raise CheckpointError(f'{path}: no such workdir or checkpoint.')
-  if os.path.isdir(os.path.join(path, CHECKPOINTS)):
-    checkpoint_path = resolve_checkpoint(path, checkpoint)
+    raise workdir_lib.CheckpointError(f'{path}: no such workdir or checkpoint.')
+  if os.path.isdir(os.path.join(path, workdir_lib.CHECKPOINTS)):
+    checkpoint_path = workdir_lib.resolve_checkpoint(path, checkpoint)
   elif str(checkpoint) not in ('best', 'latest'):
-    checkpoint_path = resolve_checkpoint(path, checkpoint)
+    checkpoint_path = workdir_lib.resolve_checkpoint(path, checkpoint)
   else:
     checkpoint_path = os.path.abspath(path)
-  params = restore_params(checkpoint_path)
+  params = workdir_lib.restore_params(checkpoint_path)
 
-  config_dir = (path if os.path.isfile(os.path.join(path, CONFIG_FILE))
-                else _find_config_dir(checkpoint_path))
+  config_dir = (path if workdir_lib.is_workdir(path)
+                else workdir_lib.find_workdir(checkpoint_path))
   if config_dir is not None:
-    config = load_config(config_dir)
+    config = workdir_lib.load_config(config_dir)
     if config.num_classes == -1:
-      config.num_classes = infer_architecture(params)['num_classes']
+      config.num_classes = architecture.infer_architecture(
+          params)['num_classes']
   else:
     # No run config (e.g. converted weights): read the model off the params.
     config = default_config.get_config()
     config.dataset = ''
-    for key, value in infer_architecture(params).items():
+    for key, value in architecture.infer_architecture(params).items():
       config[key] = value
     logging.info('%s: no %s found; architecture read from the parameters: '
-                 '%s %d classes, width %g.', checkpoint_path, CONFIG_FILE,
-                 config.model, config.num_classes, config.width)
-  config = apply_overrides(config, config_overrides or {})
+                 '%s %d classes, width %g.', checkpoint_path,
+                 workdir_lib.CONFIG_FILE, config.model, config.num_classes,
+                 config.width)
+  config = workdir_lib.apply_overrides(config, config_overrides or {})
   from fcn_jax import seeds  # pylint: disable=g-import-not-at-top
   params, seed_note = seeds.params_of_seed(
-      params, config, config_dir, checkpoint_step(checkpoint_path), seed)
+      params, config, config_dir,
+      workdir_lib.checkpoint_step(checkpoint_path), seed)
   if seed_note:
     logging.info('%s', seed_note)
   if dtype:
     config.dtype = dtype
   if config.model not in models.MODELS:
-    raise CheckpointError(f'config.model={config.model!r}: expected one of '
-                          f'{models.MODELS}.')
+    raise workdir_lib.CheckpointError(
+        f'config.model={config.model!r}: expected one of {models.MODELS}.')
   try:
     model = models.create_model(config, config.num_classes)
   except ValueError as e:
-    raise CheckpointError(f'{checkpoint_path}: cannot build the model: {e}')
-  check_params_fit(model, params, checkpoint_path)
+    raise workdir_lib.CheckpointError(
+        f'{checkpoint_path}: cannot build the model: {e}')
+  architecture.check_params_fit(model, params, checkpoint_path)
   class_names, palette = dataset_meta(config, config.num_classes, config_dir)
   return Segmenter(model=model, params=params, config=config,
                    class_names=class_names, palette=palette,
@@ -752,18 +454,8 @@ def load_from_args(workdir: str | None, checkpoint: str = 'best',
     return load(workdir, checkpoint, config_overrides=overrides,
                 dtype=dtype or None, bucket=bucket, seed=seed)
   if checkpoint in ('best', 'latest') or str(checkpoint).isdigit():
-    raise CheckpointError(f'--checkpoint={checkpoint} needs --workdir; '
-                          'without it, --checkpoint must be a path.')
+    raise workdir_lib.CheckpointError(
+        f'--checkpoint={checkpoint} needs --workdir; without it, --checkpoint '
+        'must be a path.')
   return load(checkpoint, config_overrides=overrides, dtype=dtype or None,
               bucket=bucket, seed=seed)
-
-
-def checkpoint_step(path: str) -> int | None:
-  """The training step of a checkpoint directory named by its step."""
-  name = os.path.basename(os.path.normpath(path))
-  return int(name) if name.isdigit() else None
-
-
-def safe_name(name: str) -> str:
-  """A class name usable in file names ('tv/monitor' -> 'tv_monitor')."""
-  return re.sub(r'[^A-Za-z0-9_.-]+', '_', name).strip('_') or 'class'

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import time
 
@@ -134,7 +135,7 @@ def predict_files(segmenter: inference.Segmenter, paths: list[str],
       if probabilities:
         for c, name in enumerate(segmenter.class_names):
           prob_path = os.path.join(
-              output, f'{stem}_prob_{inference.safe_name(name)}.png')
+              output, f'{stem}_prob_{_safe_name(name)}.png')
           Image.fromarray(visualize.heatmap(probs[..., c])).save(prob_path)
           report.written.append(prob_path)
       report.sizes.add(image.shape[:2])
@@ -150,6 +151,11 @@ def predict_files(segmenter: inference.Segmenter, paths: list[str],
   report.compilations = segmenter.num_compilations - compiled_before
   report.seconds = time.time() - start
   return report
+
+
+def _safe_name(name: str) -> str:
+  """A class name usable in file names ('tv/monitor' -> 'tv_monitor')."""
+  return re.sub(r'[^A-Za-z0-9_.-]+', '_', name).strip('_') or 'class'
 
 
 def read_modality(modality: str, image_path: str,

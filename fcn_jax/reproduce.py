@@ -47,6 +47,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from fcn_jax import architecture
 from fcn_jax import caffe_models
 from fcn_jax import cli
 from fcn_jax import errors
@@ -166,7 +167,7 @@ def segmenter_for(params: dict, metadata: dict, source: str,
   model = models.get_model(metadata['variant'], metadata['num_classes'],
                            width=metadata['width'],
                            learn_upsampling=metadata['learn_upsampling'])
-  inference.check_params_fit(model, params, source)
+  architecture.check_params_fit(model, params, source)
   config = default_config.get_config()
   config.model = metadata['variant']
   config.num_classes = metadata['num_classes']
@@ -206,7 +207,7 @@ def multi_segmenter_for(params: dict, metadata: dict, model_name: str,
   model = tasks.create_model(config, metadata['num_classes'],
                              width=metadata['width'],
                              learn_upsampling=metadata['learn_upsampling'])
-  inference.check_params_fit(model, params, source)
+  architecture.check_params_fit(model, params, source)
   names = tasks.shipped_class_names(config.dataset)
   return inference.Segmenter(
       model=model, params=params, config=config, class_names=names,

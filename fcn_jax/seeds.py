@@ -35,7 +35,6 @@ validation mean IU at that step, read from metrics.jsonl).
 from __future__ import annotations
 
 import functools
-import json
 import os
 import signal
 import time
@@ -55,6 +54,7 @@ from fcn_jax import models
 from fcn_jax import prefetch
 from fcn_jax import sharding
 from fcn_jax import train
+from fcn_jax import workdir as workdir_lib
 from fcn_jax import writers
 
 ConfigError = fault_tolerance.ConfigError
@@ -409,12 +409,12 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
       checkpointing.save(manager, step, program.stacked(state),
                          _ranking(seed_scores) if evaluated else None)
       faults.after_save_started(step, saving=not os.path.isdir(
-          os.path.join(checkpointing.checkpoint_dir(workdir), str(step))))
+          workdir_lib.step_dir(workdir, step)))
     if signum:
       checkpointing.wait_until_saved(manager)
       raise fault_tolerance.Interrupted(
           f'Stopped by {signal.Signals(signum).name} after step {step}; '
-          f'checkpoint saved in {checkpointing.checkpoint_dir(workdir)}. Run '
+          f'checkpoint saved in {workdir_lib.checkpoint_dir(workdir)}. Run '
           'the same command again to resume', signum, step)
   batches.close()
 
@@ -423,8 +423,7 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
     seed_scores = run_eval(step)
   checkpointing.wait_until_saved(manager)
   best = int(np.argmax([s['mean_iu'] for s in seed_scores]))
-  best_path = os.path.join(checkpointing.checkpoint_dir(workdir),
-                           str(manager.best_step()))
+  best_path = workdir_lib.step_dir(workdir, workdir_lib.best_step(workdir))
   logging.info('Final mean IU per seed: %s; best seed %d. Checkpoints hold '
                'all seeds: %s', [round(s['mean_iu'], 4) for s in seed_scores],
                seeds[best], best_path)
@@ -463,12 +462,8 @@ def _check_finite(config, manager, step, seeds, step_metrics) -> None:
 def _check_same_seeds(workdir: str, seeds: Sequence[int]) -> None:
   """Refuses to resume a workdir trained with other seeds."""
   try:
-    with open(os.path.join(workdir, 'config.json')) as f:
-      record = json.load(f)
-    # A config.json without the key predates many-seeds runs: one seed.
-    saved = (_parse_seeds(record.get('seeds', ''))
-             if isinstance(record, dict) else None)
-  except (OSError, ValueError):
+    saved = seed_list(workdir_lib.load_config(workdir))
+  except ValueError:  # No readable config.json (CheckpointError), bad seeds.
     return
   if saved is not None and list(saved) != list(seeds):
     raise ConfigError(f'config.seeds gives seeds {list(seeds)} but '
@@ -487,19 +482,9 @@ def best_seed_index(workdir: str | None, seeds: Sequence[int],
   if not workdir:
     return None
   scores = {}
-  try:
-    with open(os.path.join(workdir, writers.METRICS_FILE)) as f:
-      for line in f:
-        try:
-          record = json.loads(line)
-        except ValueError:
-          continue
-        if record.get('split') != 'val' or 'seed' not in record:
-          continue
-        if step is None or record['step'] == step:
-          scores[record['seed']] = record.get('mean_iu') or float('-inf')
-  except OSError:
-    return None
+  for record in workdir_lib.val_records(workdir):
+    if 'seed' in record and (step is None or record['step'] == step):
+      scores[record['seed']] = record.get('mean_iu') or float('-inf')
   ranked = [(scores[s], -k) for k, s in enumerate(seeds) if s in scores]
   return -max(ranked)[1] if ranked else None
 

@@ -22,6 +22,7 @@ from fcn_jax import metrics as metrics_lib
 from fcn_jax import models
 from fcn_jax import multi_models
 from fcn_jax import surgery
+from fcn_jax import workdir as workdir_lib
 from fcn_jax.data import nyud
 from fcn_jax.data import pascal_context
 from fcn_jax.data import siftflow
@@ -180,7 +181,7 @@ def init_from(params, config: ml_collections.ConfigDict):
                                 and config.init_from_hha):
     return convert.init_from(params, config.init_from)
   if mode == 'color-d':
-    source, _ = convert.load_params(config.init_from)
+    source, _ = workdir_lib.load_params(config.init_from)
     source = dict(source)
     if 'conv1_1' in source:
       conv = dict(source.pop('conv1_1'))
@@ -192,7 +193,7 @@ def init_from(params, config: ml_collections.ConfigDict):
     source = {}
     for suffix, path in (('color', config.init_from),
                          ('hha', config.init_from_hha)):
-      stream, _ = convert.load_params(path)
+      stream, _ = workdir_lib.load_params(path)
       source.update({k + suffix: v for k, v in stream.items()
                      if not k.startswith('upscore')})
   merged, _ = surgery.merge_params(jax.device_get(params), source)

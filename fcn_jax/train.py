@@ -38,6 +38,7 @@ from fcn_jax import prefetch
 from fcn_jax import sharding
 from fcn_jax import summaries
 from fcn_jax import tasks
+from fcn_jax import workdir as workdir_lib
 from fcn_jax import writers
 
 
@@ -207,13 +208,6 @@ def _format_scores(scores: dict) -> str:
   return text
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  path = os.path.join(workdir, 'config.json')
-  with open(path + '.tmp', 'w') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(path + '.tmp', path)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds checkpoints).
@@ -269,7 +263,7 @@ def prepare_run(config, workdir: str, mesh, cleanup, check_resume=None):
     if check_resume is not None:
       check_resume()
   if jax.process_index() == 0:
-    save_config(config, workdir)
+    workdir_lib.save_config(config, workdir)
     dataset_info.save(workdir, info.name, info.class_names, info.palette)
   return config, eval_batch_size, train_source, val_source, info, manager
 
@@ -306,7 +300,7 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
   if restored is not None:
     state = restored
     logging.info('Resumed from checkpoint at step %d in %s.', int(state.step),
-                 checkpointing.checkpoint_dir(workdir))
+                 workdir_lib.checkpoint_dir(workdir))
     if not checkpointing.has_data_state(manager, int(state.step)):
       # Written before checkpoints held the iterator: batch s is ds[s].
       grain.experimental.set_next_index(train_iter, int(state.step))
@@ -385,8 +379,8 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
     if log_now or eval_now or save_now or signum:
       # Before anything is saved: a non-finite step stops (or is skipped)
       # here, so no checkpoint ever holds a non-finite state.
-      finite, last_metrics = _check_window(config, workdir, manager, state,
-                                           window.fetch())
+      finite, last_metrics = fault_tolerance.check_window(
+          config, workdir, manager, state, window.fetch())
       train_losses.extend(finite)
 
     if log_now:
@@ -419,7 +413,7 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
       checkpointing.save(manager, step, state,
                          scores if evaluated_now else None, batches.position())
       faults.after_save_started(step, saving=not os.path.isdir(
-          os.path.join(checkpointing.checkpoint_dir(workdir), str(step))))
+          workdir_lib.step_dir(workdir, step)))
     if signum:
       _stop_on_signal(signum, manager, workdir, step, state,
                       batches.position())
@@ -432,68 +426,13 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
   checkpointing.wait_until_saved(manager)
   writer.close()
 
-  best_step = manager.best_step()
-  best_path = os.path.join(checkpointing.checkpoint_dir(workdir), str(best_step))
+  best_path = workdir_lib.step_dir(workdir, workdir_lib.best_step(workdir))
   logging.info('Final validation scores (step %d): %s', int(state.step),
                _format_scores(scores))
   logging.info('Best checkpoint (val mean IU): %s', best_path)
   logging.info('Metrics: %s; TensorBoard: tensorboard --logdir=%s',
-               os.path.join(workdir, writers.METRICS_FILE), workdir)
+               workdir_lib.metrics_path(workdir), workdir)
   return dict(scores, step=int(state.step), best_checkpoint=best_path)
-
-
-def _is_finite(step_metrics: dict) -> bool:
-  return bool(np.isfinite(step_metrics['loss']) and
-              np.isfinite(step_metrics['grad_norm']))
-
-
-def _check_window(config, workdir, manager, state, fetched):
-  """Acts on the fetched steps' metrics in step order.
-
-  Returns (finite losses, the last step's metrics). A non-finite step stops
-  the run, or with config.skip_nonfinite is reported as skipped.
-  """
-  skipped_later = sum(not _is_finite(m) for _, m, _ in fetched)
-  finite = []
-  for step, step_metrics, batch_ids in fetched:
-    if _is_finite(step_metrics):
-      finite.append(step_metrics['loss'])
-      continue
-    skipped_later -= 1
-    skipped = (int(jax.device_get(state.skipped_updates)) - skipped_later
-               if config.skip_nonfinite else 0)
-    _handle_nonfinite(config, workdir, manager, skipped, step, step_metrics,
-                      batch_ids)
-  return finite, (fetched[-1][1] if fetched else {})
-
-
-def _handle_nonfinite(config, workdir, manager, skipped, step, step_metrics,
-                      batch_ids) -> None:
-  """Skips (config.skip_nonfinite) or stops on a non-finite loss/gradient.
-
-  `skipped` is the number of updates skipped up to and including `step`.
-  """
-  what = (f'loss {step_metrics["loss"]}, gradient norm '
-          f'{step_metrics["grad_norm"]} at step {step} (batch of image ids '
-          f'{_format_ids(batch_ids)})')
-  if config.skip_nonfinite:
-    logging.warning('Skipped the update of step %d: non-finite %s; %d updates '
-                    'skipped so far.', step, what, skipped)
-    return
-  # Nothing of this step is saved; the cleanup waits for any save in flight.
-  manager.wait_until_finished()
-  raise fault_tolerance.NonFiniteError(
-      f'Non-finite {what}. Stopped without saving; the last good checkpoint '
-      f'is step {manager.latest_step()} in '
-      f'{checkpointing.checkpoint_dir(workdir)}. Lower the learning rate, '
-      'check those images, or set config.skip_nonfinite=True to skip such '
-      'updates.')
-
-
-def _format_ids(batch_ids) -> str:
-  if batch_ids is None:
-    return '?'
-  return '[' + ', '.join(str(i) for i in np.ravel(batch_ids).tolist()) + ']'
 
 
 def _stop_on_signal(signum, manager, workdir, step, state, train_iter) -> None:
@@ -503,7 +442,7 @@ def _stop_on_signal(signum, manager, workdir, step, state, train_iter) -> None:
   name = signal.Signals(signum).name
   raise fault_tolerance.Interrupted(
       f'Stopped by {name} after step {step}; checkpoint saved in '
-      f'{os.path.join(checkpointing.checkpoint_dir(workdir), str(step))}. '
+      f'{workdir_lib.step_dir(workdir, step)}. '
       'Run the same command again to resume', signum, step)
 
 

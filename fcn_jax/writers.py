@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import logging as std_logging
 import math
-import os
 
 import jax
 from absl import logging
 
-METRICS_FILE = 'metrics.jsonl'
+from fcn_jax import workdir as workdir_lib
 
 
 def _jsonable(value):
@@ -33,7 +32,7 @@ class MetricWriter:
   def __init__(self, workdir: str, class_names=None):
     self._enabled = jax.process_index() == 0
     self._class_names = list(class_names) if class_names else None
-    self._path = os.path.join(workdir, METRICS_FILE)
+    self._path = workdir_lib.metrics_path(workdir)
     self._tb = None
     if self._enabled:
       from tensorboardX import SummaryWriter  # Light, TensorFlow-free.
@@ -76,7 +75,7 @@ class MetricWriter:
 
 def read_metrics(workdir: str) -> list[dict]:
   """All records of `<workdir>/metrics.jsonl`, in order."""
-  with open(os.path.join(workdir, METRICS_FILE)) as f:
+  with open(workdir_lib.metrics_path(workdir)) as f:
     return [json.loads(line) for line in f if line.strip()]
 
 

@@ -24,6 +24,7 @@ from fcn_jax import inference
 from fcn_jax import layers
 from fcn_jax import models
 from fcn_jax import surgery
+from fcn_jax import workdir as workdir_lib
 from fcn_jax.configs import voc_fcn_alexnet
 
 try:
@@ -179,7 +180,7 @@ def converted(tmp_path_factory):
     path = write_caffemodel(tmp / 'fcn-alexnet-pascal.caffemodel',
                             torch_layers(net, groups=groups))
     metadata = convert.convert_file(path, str(tmp / 'converted'))
-    params, _ = convert.load_params(str(tmp / 'converted'))
+    params, _ = workdir_lib.load_params(str(tmp / 'converted'))
     metadata['path'] = str(tmp / 'converted')
     out[bilinear] = (net, params, metadata)
   return out
@@ -242,7 +243,7 @@ def test_surgery_from_bvlc_alexnet_and_config(tmp_path):
   out = str(tmp_path / 'bvlc_alexnet')
   metadata = convert.convert_file(path, out)
   assert metadata['variant'] == 'alexnet' and metadata['num_classes'] == 1000
-  source, _ = convert.load_params(out)
+  source, _ = workdir_lib.load_params(out)
   model = models.get_model('fcn-alexnet', 21, width=1 / 16)
   target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), jax.eval_shape(
       lambda: models.init_params(model, jax.random.key(0))))

@@ -14,7 +14,6 @@ import pytest
 from PIL import Image
 
 from fcn_jax import config_checks
-from fcn_jax import convert
 from fcn_jax import evaluate
 from fcn_jax import fault_tolerance
 from fcn_jax import inference
@@ -24,6 +23,7 @@ from fcn_jax import optimizer
 from fcn_jax import tasks
 from fcn_jax import predict
 from fcn_jax import train
+from fcn_jax import workdir as workdir_lib
 from fcn_jax.configs import default
 from fcn_jax.data import nyud
 from fcn_jax.data import siftflow
@@ -148,7 +148,7 @@ def test_scores_of_two_heads_prefix_the_geometric_ones():
 def test_color_d_init_copies_conv1_1_and_averages_it_for_depth(tmp_path):
   vgg = models.get_model('fcn32s', 40, width=WIDTH, fast_ops='off')
   source = _init(vgg, 4)
-  convert.save_params(str(tmp_path / 'vgg'), jax.device_get(source),
+  workdir_lib.save_params(str(tmp_path / 'vgg'), jax.device_get(source),
                       {'format': 'test'})
   config = _config('nyud', nyud_input='color-d', model='fcn32s',
                    init_from=str(tmp_path / 'vgg'))
@@ -166,7 +166,7 @@ def test_color_hha_init_transplants_each_run_into_its_stream(tmp_path):
   runs = {}
   for seed, suffix in ((5, 'color'), (6, 'hha')):
     runs[suffix] = _init(single, seed)
-    convert.save_params(str(tmp_path / suffix), jax.device_get(runs[suffix]),
+    workdir_lib.save_params(str(tmp_path / suffix), jax.device_get(runs[suffix]),
                         {'format': 'test'})
   config = _config('nyud', nyud_input='color-hha', model='fcn32s',
                    init_from=str(tmp_path / 'color'),

@@ -19,6 +19,7 @@ from fcn_jax import caffemodel
 from fcn_jax import convert
 from fcn_jax import layers as layers_lib
 from fcn_jax import models
+from fcn_jax import workdir as workdir_lib
 from inference_testutil import run_module
 
 try:
@@ -283,7 +284,7 @@ def test_caffemodel_fcn_logits_match_pytorch(tmp_path, variant, legacy):
   assert metadata['width'] == WIDTH
   assert metadata['learn_upsampling'] is not bilinear
   assert metadata['caffe_format'] == ('layers' if legacy else 'layer')
-  params, _ = convert.load_params(out)
+  params, _ = workdir_lib.load_params(out)
   x = np.random.default_rng(5).normal(0, 60, (1, 35, 27, 3)).astype(np.float32)
   model = models.get_model(variant, 5, width=WIDTH,
                            learn_upsampling=not bilinear)

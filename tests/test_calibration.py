@@ -11,6 +11,7 @@ from fcn_jax import calibration
 from fcn_jax import evaluate
 from fcn_jax import inference
 from fcn_jax import input_pipeline
+from fcn_jax import workdir as workdir_lib
 from inference_testutil import trained_workdir  # pylint: disable=unused-import
 
 
@@ -76,7 +77,7 @@ def test_evaluate_reports_ece_and_writes_reliability_png(trained_workdir,
                                                          tmp_path):
   record = evaluate.run(trained_workdir, '6', output_dir=str(tmp_path),
                         progress=False)
-  config = inference.load_config(trained_workdir)
+  config = workdir_lib.load_config(trained_workdir)
   _, val, _ = input_pipeline.create_datasets(config)
   segmenter = inference.load(trained_workdir, '6')
   prob_maps = [segmenter.probabilities(val[i]['image'])

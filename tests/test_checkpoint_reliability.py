@@ -21,6 +21,7 @@ from fcn_jax import convert
 from fcn_jax import inference
 from fcn_jax import models
 from fcn_jax import train
+from fcn_jax import workdir as workdir_lib
 from fcn_jax.configs import tiny
 
 
@@ -63,7 +64,7 @@ def _abstract():
 
 
 def _steps(workdir):
-  return sorted(int(d) for d in os.listdir(checkpointing.checkpoint_dir(workdir))
+  return sorted(int(d) for d in os.listdir(workdir_lib.checkpoint_dir(workdir))
                 if d.isdigit())
 
 
@@ -103,10 +104,10 @@ def test_errors_that_prove_no_damage_stop_and_move_nothing(
     _restore_with_failures(monkeypatch, workdir, errors)
   message = str(info.value)
   assert '\n' not in message
-  assert f'step 2 in {checkpointing.checkpoint_dir(workdir)}' in message
+  assert f'step 2 in {workdir_lib.checkpoint_dir(workdir)}' in message
   assert type(error).__name__ in message and 'left in place' in message
   assert _steps(workdir) == [1, 2]
-  assert not os.path.exists(checkpointing.corrupt_dir(workdir))
+  assert not os.path.exists(workdir_lib.corrupt_dir(workdir))
 
 
 def test_a_passing_error_is_retried(monkeypatch, workdir, caplog):
@@ -147,7 +148,7 @@ def _truncate_metadata(step_dir):
 ], ids=['truncated-data', 'truncated-metadata', 'no-manifest', 'no-metadata',
         'no-data-dir', 'no-item'])
 def test_proven_damage_moves_the_step_and_falls_back(workdir, damage, caplog):
-  damage(os.path.join(checkpointing.checkpoint_dir(workdir), '2'))
+  damage(os.path.join(workdir_lib.checkpoint_dir(workdir), '2'))
   manager = checkpointing.create_manager(workdir)
   with caplog.at_level(logging.WARNING):
     state = checkpointing.restore_latest_valid(manager, workdir, _abstract())
@@ -157,13 +158,13 @@ def test_proven_damage_moves_the_step_and_falls_back(workdir, damage, caplog):
   assert 'Checkpoint at step 2 is damaged' in caplog.text
   assert _steps(workdir) == [1]
   assert [d.split('-')[0] for d in
-          os.listdir(checkpointing.corrupt_dir(workdir))] == ['2']
+          os.listdir(workdir_lib.corrupt_dir(workdir))] == ['2']
 
 
 def test_a_lost_directory_is_trouble_not_damage(workdir):
   # The step vanished between listing and reading (an unmounted volume):
   # nothing proves the checkpoint itself damaged.
-  step_dir = os.path.join(checkpointing.checkpoint_dir(workdir), '2')
+  step_dir = os.path.join(workdir_lib.checkpoint_dir(workdir), '2')
   error = FileNotFoundError(errno.ENOENT, 'No such file', step_dir)
   assert checkpointing.classify_restore_error(error, step_dir + 'x') == 'trouble'
   assert checkpointing.classify_restore_error(error, step_dir) == 'damaged'
@@ -187,7 +188,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(
   manager.close()
   message = str(info.value)
   assert 'No space left on device' in message and '\n' not in message
-  assert f'step 1 in {checkpointing.checkpoint_dir(workdir)} is intact' in message
+  assert f'step 1 in {workdir_lib.checkpoint_dir(workdir)} is intact' in message
   assert _steps(workdir) == [1]  # keep=1 did not delete it for step 2.
   manager = checkpointing.create_manager(workdir, keep=1)
   restored = checkpointing.restore_latest_valid(manager, workdir, _abstract())
@@ -221,21 +222,21 @@ def model_workdir(tmp_path_factory):
                      metrics={'mean_iu': 0.5})
   checkpointing.wait_until_saved(manager)
   manager.close()
-  train.save_config(config, workdir)
+  workdir_lib.save_config(config, workdir)
   return workdir, params
 
 
 def test_readers_leave_a_save_in_progress_alone(model_workdir):
   workdir, params = model_workdir
   # What Orbax has on disk while a trainer writes step 4.
-  in_progress = os.path.join(checkpointing.checkpoint_dir(workdir),
+  in_progress = os.path.join(workdir_lib.checkpoint_dir(workdir),
                              '4.orbax-checkpoint-tmp-1700000000')
   os.makedirs(os.path.join(in_progress, 'default'))
   with open(os.path.join(in_progress, 'default', 'partial'), 'wb') as f:
     f.write(b'\0' * 100)
   before = _tree_snapshot(workdir)
 
-  loaded, metadata = convert.load_params(workdir)
+  loaded, metadata = workdir_lib.load_params(workdir)
   assert metadata['format'] == 'fcn_jax-train'
   np.testing.assert_array_equal(loaded['score_fr']['kernel'],
                                 params['score_fr']['kernel'])

@@ -12,7 +12,7 @@ from PIL import Image
 from fcn_jax import cli
 from fcn_jax import errors
 from fcn_jax import fault_tolerance
-from fcn_jax import inference
+from fcn_jax import workdir as workdir_lib
 from fcn_jax.data import decode
 
 
@@ -21,7 +21,7 @@ from fcn_jax.data import decode
     (fault_tolerance.ConfigError, ValueError),
     (fault_tolerance.WorkdirLockedError, RuntimeError),
     (fault_tolerance.NonFiniteError, FloatingPointError),
-    (inference.CheckpointError, ValueError),
+    (workdir_lib.CheckpointError, ValueError),
     (decode.ImageError, ValueError),
 ])
 def test_error_classes_are_user_errors_and_keep_their_bases(cls, old_base):

@@ -17,6 +17,7 @@ from fcn_jax import heatmap
 from fcn_jax import layers
 from fcn_jax import models
 from fcn_jax import surgery
+from fcn_jax import workdir as workdir_lib
 
 try:
   import torch
@@ -359,7 +360,7 @@ def test_convert_file_round_trip(tmp_path):
   assert metadata['variant'] == 'fcn8s-atonce'
   assert metadata['num_classes'] == 5 and metadata['width'] == WIDTH
   assert metadata['learn_upsampling'] is False
-  params, loaded_meta = convert.load_params(out)
+  params, loaded_meta = workdir_lib.load_params(out)
   assert loaded_meta == metadata
   x = np.random.default_rng(5).normal(0, 60, (1, 31, 34, 3)).astype(np.float32)
   ours, ref = fcn_logits(net, 'fcn8s-atonce', params, x, False)

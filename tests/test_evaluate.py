@@ -11,6 +11,7 @@ from fcn_jax import evaluate
 from fcn_jax import inference
 from fcn_jax import input_pipeline
 from fcn_jax import predict
+from fcn_jax import workdir as workdir_lib
 from fcn_jax.data import decode
 from inference_testutil import run_module
 from inference_testutil import trained_workdir  # pylint: disable=unused-import
@@ -29,7 +30,7 @@ def test_evaluate_equals_metrics_of_saved_predictions(trained_workdir,
 
   # Independently: save the val images, predict them to label PNGs, read
   # those back and score them with numpy against the labels.
-  config = inference.load_config(trained_workdir)
+  config = workdir_lib.load_config(trained_workdir)
   _, val, _ = input_pipeline.create_datasets(config)
   images = tmp_path / 'images'
   images.mkdir()
@@ -74,8 +75,8 @@ def test_per_class_table_by_hand():
 
 
 def test_evaluate_rejects_mismatched_model(trained_workdir):
-  with pytest.raises(inference.CheckpointError, match='does not fit'):
+  with pytest.raises(workdir_lib.CheckpointError, match='does not fit'):
     evaluate.run(trained_workdir, '6', overrides={'model': 'fcn16s'})
   # A dataset with another class count than the checkpoint's.
-  with pytest.raises(inference.CheckpointError, match='21 classes'):
+  with pytest.raises(workdir_lib.CheckpointError, match='21 classes'):
     evaluate.run(trained_workdir, '6', overrides={'num_classes': 21})

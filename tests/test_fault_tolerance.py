@@ -30,6 +30,7 @@ from fcn_jax import input_pipeline
 from fcn_jax import models
 from fcn_jax import optimizer
 from fcn_jax import train
+from fcn_jax import workdir as workdir_lib
 from fcn_jax.configs import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,19 +76,19 @@ def _run(workdir, cache_dir, *flags, faults='', **env):
 
 def _steps(workdir):
   """Finished checkpoint steps on disk (Orbax renames them when complete)."""
-  root = checkpointing.checkpoint_dir(workdir)
+  root = workdir_lib.checkpoint_dir(workdir)
   return sorted(int(d) for d in os.listdir(root) if d.isdigit())
 
 
 def _temporary_dirs(workdir):
   """Orbax's directories of unfinished saves."""
-  root = checkpointing.checkpoint_dir(workdir)
+  root = workdir_lib.checkpoint_dir(workdir)
   return [d for d in os.listdir(root) if 'tmp' in d]
 
 
 def _saved_arrays(workdir, step):
   """Every array of a checkpoint (params, optimizer state, step) as numpy."""
-  path = os.path.join(checkpointing.checkpoint_dir(workdir), str(step),
+  path = os.path.join(workdir_lib.checkpoint_dir(workdir), str(step),
                       'default')
   tree = ocp.StandardCheckpointer().restore(path)
   return {jax.tree_util.keystr(p): np.asarray(x)
@@ -175,7 +176,7 @@ def test_interrupted_runs_resume_bit_exact(reference, cache_dir, tmp_path):
 
   # 4. Truncate the newest checkpoint's largest file (a power loss after the
   # rename); then kill -9 between checkpoints, after step 5.
-  step4 = os.path.join(checkpointing.checkpoint_dir(workdir), '4')
+  step4 = os.path.join(workdir_lib.checkpoint_dir(workdir), '4')
   files = [os.path.join(d, f) for d, _, fs in os.walk(step4) for f in fs]
   largest = max(files, key=os.path.getsize)
   with open(largest, 'r+b') as f:
@@ -184,7 +185,7 @@ def test_interrupted_runs_resume_bit_exact(reference, cache_dir, tmp_path):
   assert rc == -signal.SIGKILL, out[-3000:]
   assert 'Checkpoint at step 4 is damaged' in out
   assert 'Resumed from checkpoint at step 3' in out
-  moved = os.listdir(checkpointing.corrupt_dir(workdir))
+  moved = os.listdir(workdir_lib.corrupt_dir(workdir))
   assert len(moved) == 1 and moved[0].startswith('4-')
   assert _steps(workdir) == [3]
 
@@ -337,7 +338,7 @@ def test_restore_falls_back_past_damaged_checkpoints(reference, tmp_path,
   workdir = tmp_path / 'copy'
   shutil.copytree(reference(), workdir)
   # Step 6 loses its array index: a missing file.
-  os.remove(os.path.join(checkpointing.checkpoint_dir(workdir), '6',
+  os.remove(os.path.join(workdir_lib.checkpoint_dir(workdir), '6',
                          'default', 'manifest.ocdbt'))
   abstract = _abstract_tiny_state()
   manager = checkpointing.create_manager(str(workdir))
@@ -351,12 +352,12 @@ def test_restore_falls_back_past_damaged_checkpoints(reference, tmp_path,
       state.params['fc6']['kernel'], expected["['params']['fc6']['kernel']"])
   assert _steps(workdir) == [3]
   assert [d.split('-')[0] for d in
-          os.listdir(checkpointing.corrupt_dir(workdir))] == ['6']
+          os.listdir(workdir_lib.corrupt_dir(workdir))] == ['6']
 
   # With every checkpoint damaged it refuses to start over silently.
-  shutil.rmtree(os.path.join(checkpointing.checkpoint_dir(workdir), '3',
+  shutil.rmtree(os.path.join(workdir_lib.checkpoint_dir(workdir), '3',
                              'default', 'd'))
-  shutil.rmtree(os.path.join(checkpointing.checkpoint_dir(workdir), '3',
+  shutil.rmtree(os.path.join(workdir_lib.checkpoint_dir(workdir), '3',
                              'default', 'ocdbt.process_0'))
   manager = checkpointing.create_manager(str(workdir))
   with pytest.raises(RuntimeError, match='No readable checkpoint'):
@@ -374,13 +375,13 @@ def test_restore_of_another_model_is_an_error_not_a_corruption(reference,
     checkpointing.restore_latest_valid(manager, str(workdir), wider)
   manager.close()
   assert _steps(workdir) == [3, 6]
-  assert not os.path.exists(checkpointing.corrupt_dir(workdir))
+  assert not os.path.exists(workdir_lib.corrupt_dir(workdir))
 
 
 def test_resume_config_check(tmp_path):
   config = tiny.get_config()
   config.num_classes = 7
-  train.save_config(config, str(tmp_path))
+  workdir_lib.save_config(config, str(tmp_path))
   fault_tolerance.check_resume_config(config, str(tmp_path), False)
   config.learning_rate = 0.5  # Not a RESUME_KEY: resuming is fine.
   fault_tolerance.check_resume_config(config, str(tmp_path), False)

@@ -24,9 +24,8 @@ from PIL import Image
 import pth_builder
 from fcn_jax import errors
 from fcn_jax import fault_tolerance
-from fcn_jax import inference
 from fcn_jax import pth
-from fcn_jax import train
+from fcn_jax import workdir as workdir_lib
 from fcn_jax.configs import tiny
 from fcn_jax.data import decode
 from fcn_jax.data import sbd
@@ -238,13 +237,13 @@ def test_fuzz_split_list(tmp_path):
 def test_fuzz_config_json(tmp_path):
   config = tiny.get_config()
   config.num_classes = 7
-  train.save_config(config, str(tmp_path))
+  workdir_lib.save_config(config, str(tmp_path))
   path = tmp_path / 'config.json'
   valid = path.read_bytes()
 
   def parse(unused_path):
     fault_tolerance.check_resume_config(config, str(tmp_path), False)
-    inference.load_config(str(tmp_path))
+    workdir_lib.load_config(str(tmp_path))
   _assert_mostly_refused(fuzz('config_json', valid, parse, path))
 
 

@@ -17,6 +17,7 @@ from fcn_jax import heatmap
 from fcn_jax import input_pipeline
 from fcn_jax import models
 from fcn_jax import surgery
+from fcn_jax import workdir as workdir_lib
 
 CAT = os.path.join(os.path.dirname(__file__), 'data', 'demo-photos',
                    'tabby_cat.png')
@@ -120,7 +121,7 @@ def test_colormap_ramp():
 def test_run_on_converted_checkpoint(tmp_path):
   _, params = random_classifier_params(1)
   weights = str(tmp_path / 'vgg16')
-  convert.save_params(weights, params, {'format': 'vgg16-caffe'})
+  workdir_lib.save_params(weights, params, {'format': 'vgg16-caffe'})
   output = str(tmp_path / 'cat.png')
   result = heatmap.run(weights, CAT, output, class_index=281, scale=0.7)
   # 0.7 x (368, 489) = (258, 342) -> 9, 11 after pooling -> 3 x 5 map.
@@ -139,6 +140,6 @@ def test_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match='nope.png'):
     heatmap.load_image(str(tmp_path / 'nope.png'))
   no_fc8 = {k: v for k, v in params.items() if k != 'fc8'}
-  convert.save_params(str(tmp_path / 'fcn'), no_fc8, {})
+  workdir_lib.save_params(str(tmp_path / 'fcn'), no_fc8, {})
   with pytest.raises(ValueError, match='no fc8'):
     heatmap.load_classifier_params(str(tmp_path / 'fcn'))

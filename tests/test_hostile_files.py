@@ -15,6 +15,7 @@ import pth_builder
 from fcn_jax import convert
 from fcn_jax import errors
 from fcn_jax import pth
+from fcn_jax import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -278,7 +279,7 @@ def test_orbax_checkpoint_declaring_absurd_sizes_is_refused(tmp_path):
   from fcn_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from fcn_jax import inference  # pylint: disable=g-import-not-at-top
   path = str(tmp_path / 'converted')
-  convert.save_params(path, {'conv1_1': {
+  workdir_lib.save_params(path, {'conv1_1': {
       'kernel': np.ones((3, 3, 3, 4), np.float32),
       'bias': np.zeros(4, np.float32)}}, {'format': 'test'})
   # Rewrite one array's zarr metadata to declare 48 TiB (no data written).
@@ -288,9 +289,9 @@ def test_orbax_checkpoint_declaring_absurd_sizes_is_refused(tmp_path):
                         'chunks': [1, 1, 3, 4], 'dtype': '<f4'}},
           create=True, delete_existing=True).result()
   before = _max_rss_mb()
-  with pytest.raises(checkpointing.DeclaredSizeError,
+  with pytest.raises(workdir_lib.DeclaredSizeError,
                      match='declares 52,776,558,133,264 bytes of arrays'):
-    convert.load_params(path)
-  with pytest.raises(inference.CheckpointError, match='refusing to allocate'):
-    inference.restore_params(path)
+    workdir_lib.load_params(path)
+  with pytest.raises(workdir_lib.CheckpointError, match='refusing to allocate'):
+    workdir_lib.restore_params(path)
   assert _max_rss_mb() - before < 100

@@ -13,6 +13,7 @@ from PIL import Image
 from fcn_jax import inference
 from fcn_jax import input_pipeline
 from fcn_jax import models
+from fcn_jax import workdir as workdir_lib
 from fcn_jax.configs import default
 from fcn_jax.data import decode
 from inference_testutil import compile_listener
@@ -86,9 +87,9 @@ def test_best_checkpoint_has_highest_val_mean_iu(trained_workdir):
              open(os.path.join(trained_workdir, 'metrics.jsonl'))]
   val = {r['step']: r['mean_iu'] for r in records if 'mean_iu' in r}
   best = inference.load(trained_workdir, 'best')
-  step = inference.checkpoint_step(best.checkpoint)
+  step = workdir_lib.checkpoint_step(best.checkpoint)
   assert val[step] == max(val[s] for s in (3, 6))
-  assert inference.checkpoint_step(
+  assert workdir_lib.checkpoint_step(
       inference.load(trained_workdir, '3').checkpoint) == 3
 
 
@@ -302,15 +303,15 @@ def test_image_conversions(tmp_path):
 
 
 def test_load_errors(trained_workdir, tmp_path):
-  with pytest.raises(inference.CheckpointError, match='no such workdir'):
+  with pytest.raises(workdir_lib.CheckpointError, match='no such workdir'):
     inference.load(str(tmp_path / 'missing'))
-  with pytest.raises(inference.CheckpointError, match=r'available steps: \[3, 6\]'):
+  with pytest.raises(workdir_lib.CheckpointError, match=r'available steps: \[3, 6\]'):
     inference.load(trained_workdir, '99')
   # Another architecture or class count than the checkpoint holds.
-  with pytest.raises(inference.CheckpointError,
+  with pytest.raises(workdir_lib.CheckpointError,
                      match=r'does not fit model fcn32s.*fcn8s'):
     inference.load(trained_workdir, config_overrides={'model': 'fcn32s'})
-  with pytest.raises(inference.CheckpointError,
+  with pytest.raises(workdir_lib.CheckpointError,
                      match=r'21 classes.*score_fr/bias is \(7,\)'):
     inference.load(trained_workdir, config_overrides={'num_classes': 21})
   # A corrupt checkpoint: its array data truncated.
@@ -322,13 +323,13 @@ def test_load_errors(trained_workdir, tmp_path):
       if os.path.basename(root) == 'd':
         with open(os.path.join(root, name), 'r+b') as f:
           f.truncate(10)
-  with pytest.raises(inference.CheckpointError,
+  with pytest.raises(workdir_lib.CheckpointError,
                      match=r'checkpoints/6/default: cannot read'):
     inference.load(str(broken), '6')
   # A folder that is no checkpoint at all.
   empty = tmp_path / 'empty'
   empty.mkdir()
-  with pytest.raises(inference.CheckpointError, match='not a readable'):
+  with pytest.raises(workdir_lib.CheckpointError, match='not a readable'):
     inference.load(str(empty))
 
 

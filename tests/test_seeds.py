@@ -15,6 +15,7 @@ from fcn_jax import fault_tolerance
 from fcn_jax import inference
 from fcn_jax import seeds
 from fcn_jax import train
+from fcn_jax import workdir as workdir_lib
 from fcn_jax.configs import default
 from inference_testutil import ROOT
 from inference_testutil import trained_workdir  # pylint: disable=unused-import
@@ -89,10 +90,10 @@ def test_the_run_was_killed_and_resumed(runs):
 @pytest.mark.parametrize('step', [3, 6])
 def test_each_seed_equals_its_separate_run(runs, step):
   # Step 3: after training; step 6: after a kill (after step 5) and a resume.
-  stacked = inference.restore_params(
+  stacked = workdir_lib.restore_params(
       os.path.join(runs['seeds'], 'checkpoints', str(step)))
   for index, seed in enumerate(SEEDS):
-    separate = inference.restore_params(
+    separate = workdir_lib.restore_params(
         os.path.join(runs[seed], 'checkpoints', str(step)))
     errors = relative_errors(stacked, separate, index)
     assert max(errors) < 1e-5, (seed, step, max(errors))
@@ -100,7 +101,7 @@ def test_each_seed_equals_its_separate_run(runs, step):
       # On CPU the seeds share the ordinary compiled step: bit for bit.
       assert max(errors) == 0, (seed, step, max(errors))
   # The two seeds really are different models.
-  assert max(relative_errors(stacked, inference.restore_params(
+  assert max(relative_errors(stacked, workdir_lib.restore_params(
       os.path.join(runs[1], 'checkpoints', str(step))), 0)) > 1e-2
 
 
@@ -123,7 +124,7 @@ def test_metrics_carry_the_seed_and_the_result_names_the_best(runs):
 
 
 def test_inference_loads_one_seed(runs):
-  stacked = inference.restore_params(
+  stacked = workdir_lib.restore_params(
       os.path.join(runs['seeds'], 'checkpoints', '6'))
   segmenter = inference.load(runs['seeds'], '6', seed=1)
   assert max(relative_errors(stacked, segmenter.params, 1)) == 0

@@ -19,6 +19,7 @@ from fcn_jax import models
 from fcn_jax import optimizer
 from fcn_jax import sharding
 from fcn_jax import train
+from fcn_jax import workdir as workdir_lib
 from fcn_jax import writers
 from fcn_jax.configs import default
 import inference_testutil
@@ -185,7 +186,7 @@ def test_resume_from_a_checkpoint_without_data_state(finished_run, tmp_path):
   workdir, _ = finished_run
   split_dir = str(tmp_path / 'split')
   train.train_and_evaluate(_tiny(num_train_steps=3), split_dir)
-  data_dir = os.path.join(checkpointing.checkpoint_dir(split_dir), '3',
+  data_dir = os.path.join(workdir_lib.checkpoint_dir(split_dir), '3',
                           checkpointing.DATA_ITEM)
   assert os.path.isdir(data_dir)
   shutil.rmtree(data_dir)
