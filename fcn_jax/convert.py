@@ -23,8 +23,8 @@ Sources:
 run code); the layer surgery is `fcn_jax.surgery`. The output is an Orbax
 checkpoint directory holding ``params`` and ``metadata``
 (`fcn_jax.workdir.save_params`; `workdir.load_params` reads it back, as well
-as a training workdir), and `init_from` merges it into a model's parameters
-(``config.init_from``).
+as a training workdir), and `surgery.init_from` merges it into a model's
+parameters (``config.init_from``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import os
 
-import jax
 from absl import logging
 
 from fcn_jax import errors
@@ -42,28 +41,6 @@ from fcn_jax import surgery
 from fcn_jax import workdir as workdir_lib
 
 FORMATS = ('vgg16-caffe', 'vgg16-torchvision', 'torchfcn', 'caffemodel')
-
-
-def init_from(params, path: str):
-  """`params` with every matching layer replaced by the checkpoint's.
-
-  The arrays are placed like the corresponding `params` leaves (same
-  sharding), so this can seed a freshly created, replicated TrainState.
-  """
-  source, metadata = workdir_lib.load_params(path)
-  merged, report = surgery.merge_params(jax.device_get(params), source)
-  logging.info('Initialized from %s (%s): copied %s.', path,
-               metadata.get('format', '?'), ', '.join(report['copied']))
-  if report['initialized']:
-    logging.info('Layers not in the checkpoint, initialized from scratch: %s.',
-                 ', '.join(report['initialized']))
-  if report['ignored']:
-    logging.info('Checkpoint layers the model does not use: %s.',
-                 ', '.join(report['ignored']))
-  merged = jax.tree.map(
-      lambda new, old: jax.device_put(new, old.sharding)
-      if hasattr(old, 'sharding') else new, merged, params)
-  return merged
 
 
 # ---------------------------------------------------------------------------

@@ -14,6 +14,9 @@ What the training loop relies on (see docs/fault_tolerance.md):
   it when the process dies, even by kill -9, so there is never a stale lock.
 * `check_resume_config` compares the run's config with the `config.json` saved
   in the workdir on the keys that define the model and the data.
+* `check_window` stops the run on a non-finite loss or gradient (naming the
+  step and its images), or with config.skip_nonfinite logs the skipped
+  update, before any checkpoint of that state is written.
 * `TestFaults` injects failures for the fault-injection tests only, from the
   FCN_JAX_TEST_FAULTS environment variable; it does nothing when it is unset.
 """
@@ -199,6 +202,63 @@ def check_resume_config(config, workdir: str, allow_change: bool) -> None:
 
 
 # The coordination service key prefix of the stop requests.
+def _is_finite(step_metrics: dict) -> bool:
+  return bool(np.isfinite(step_metrics['loss']) and
+              np.isfinite(step_metrics['grad_norm']))
+
+
+def check_window(config, workdir, manager, state, fetched):
+  """Acts on the fetched steps' metrics in step order.
+
+  `fetched` is what `prefetch.StepWindow.fetch` returns: (step, metrics,
+  batch ids) of the steps since the last fetch.
+
+  Returns (finite losses, the last step's metrics). A non-finite step stops
+  the run, or with config.skip_nonfinite is reported as skipped.
+  """
+  skipped_later = sum(not _is_finite(m) for _, m, _ in fetched)
+  finite = []
+  for step, step_metrics, batch_ids in fetched:
+    if _is_finite(step_metrics):
+      finite.append(step_metrics['loss'])
+      continue
+    skipped_later -= 1
+    skipped = (int(jax.device_get(state.skipped_updates)) - skipped_later
+               if config.skip_nonfinite else 0)
+    _handle_nonfinite(config, workdir, manager, skipped, step, step_metrics,
+                      batch_ids)
+  return finite, (fetched[-1][1] if fetched else {})
+
+
+def _handle_nonfinite(config, workdir, manager, skipped, step, step_metrics,
+                      batch_ids) -> None:
+  """Skips (config.skip_nonfinite) or stops on a non-finite loss/gradient.
+
+  `skipped` is the number of updates skipped up to and including `step`.
+  """
+  what = (f'loss {step_metrics["loss"]}, gradient norm '
+          f'{step_metrics["grad_norm"]} at step {step} (batch of image ids '
+          f'{_format_ids(batch_ids)})')
+  if config.skip_nonfinite:
+    logging.warning('Skipped the update of step %d: non-finite %s; %d updates '
+                    'skipped so far.', step, what, skipped)
+    return
+  # Nothing of this step is saved; the cleanup waits for any save in flight.
+  manager.wait_until_finished()
+  raise NonFiniteError(
+      f'Non-finite {what}. Stopped without saving; the last good checkpoint '
+      f'is step {manager.latest_step()} in '
+      f'{workdir_lib.checkpoint_dir(workdir)}. Lower the learning rate, '
+      'check those images, or set config.skip_nonfinite=True to skip such '
+      'updates.')
+
+
+def _format_ids(batch_ids) -> str:
+  if batch_ids is None:
+    return '?'
+  return '[' + ', '.join(str(i) for i in np.ravel(batch_ids).tolist()) + ']'
+
+
 _STOP_KEYS = 'fcn_jax/stop_requests'
 # How long a process waits for the others to reach the same check (they may
 # be evaluating or saving): long, since giving up leaves them stuck anyway.

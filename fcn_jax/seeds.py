@@ -53,6 +53,7 @@ from fcn_jax import input_pipeline
 from fcn_jax import models
 from fcn_jax import prefetch
 from fcn_jax import sharding
+from fcn_jax import surgery
 from fcn_jax import train
 from fcn_jax import workdir as workdir_lib
 from fcn_jax import writers
@@ -326,7 +327,7 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
     logging.info('Resumed %d seeds from step %d.', len(seeds),
                  int(state.step[0]))
   elif config.init_from:
-    params = [train.convert.init_from(jax.tree.map(lambda x: x[k],
+    params = [surgery.init_from(jax.tree.map(lambda x: x[k],
                                                    state.params),
                                       config.init_from)
               for k in range(len(seeds))]

@@ -7,7 +7,8 @@ Kernel layout transforms (conv, transposed conv, fully connected -> conv),
 folding torchvision's input normalization into conv1_1, the VGG16 and
 pytorch-fcn name tables, the known weight files and their checksums, and
 `merge_params`, which copies matching layers into a model's parameters
-(staged training, ``config.init_from``). State dicts come from `fcn_jax.pth`
+and `init_from`, which does so from a checkpoint or workdir (staged
+training, ``config.init_from``). State dicts come from `fcn_jax.pth`
 (or `fcn_jax.caffemodel`); `python -m fcn_jax.convert` writes the result.
 """
 
@@ -17,11 +18,14 @@ import hashlib
 import os
 from typing import Any, Mapping
 
+import jax
 import numpy as np
+from absl import logging
 
 from fcn_jax import layers
 from fcn_jax import models
 from fcn_jax import pth
+from fcn_jax import workdir as workdir_lib
 
 # Known weight files: official source, checksum, format and FCN variant.
 # md5 values are those pytorch-fcn's own downloader verifies; torchvision names
@@ -392,3 +396,25 @@ def _unflatten(flat: Mapping[tuple, Any]) -> dict:
       node = node.setdefault(part, {})
     node[key[-1]] = value
   return tree
+
+
+def init_from(params, path: str):
+  """`params` with every matching layer replaced by the checkpoint's.
+
+  The arrays are placed like the corresponding `params` leaves (same
+  sharding), so this can seed a freshly created, replicated TrainState.
+  """
+  source, metadata = workdir_lib.load_params(path)
+  merged, report = merge_params(jax.device_get(params), source)
+  logging.info('Initialized from %s (%s): copied %s.', path,
+               metadata.get('format', '?'), ', '.join(report['copied']))
+  if report['initialized']:
+    logging.info('Layers not in the checkpoint, initialized from scratch: %s.',
+                 ', '.join(report['initialized']))
+  if report['ignored']:
+    logging.info('Checkpoint layers the model does not use: %s.',
+                 ', '.join(report['ignored']))
+  merged = jax.tree.map(
+      lambda new, old: jax.device_put(new, old.sharding)
+      if hasattr(old, 'sharding') else new, merged, params)
+  return merged

@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fcn_jax import convert
 from fcn_jax import losses
 from fcn_jax import metrics as metrics_lib
 from fcn_jax import models
@@ -173,13 +172,13 @@ def init_from(params, config: ml_collections.ConfigDict):
   * color-hha with config.init_from_hha: every layer of the colour (HHA)
     single-stream run goes to its 'color' ('hha') stream (the reference's
     surgery.transplant with suffixes);
-  * otherwise layers are copied by name (convert.init_from), e.g. a
+  * otherwise layers are copied by name (surgery.init_from), e.g. a
     two-stream FCN-16s from the two-stream FCN-32s.
   """
   mode = input_mode(config)
   if mode != 'color-d' and not (mode == 'color-hha'
                                 and config.init_from_hha):
-    return convert.init_from(params, config.init_from)
+    return surgery.init_from(params, config.init_from)
   if mode == 'color-d':
     source, _ = workdir_lib.load_params(config.init_from)
     source = dict(source)

@@ -26,7 +26,6 @@ from flax.training import train_state
 
 from fcn_jax import checkpointing
 from fcn_jax import config_checks
-from fcn_jax import convert
 from fcn_jax import dataset_info
 from fcn_jax import fault_tolerance
 from fcn_jax import grad_accum
@@ -379,8 +378,8 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
     if log_now or eval_now or save_now or signum:
       # Before anything is saved: a non-finite step stops (or is skipped)
       # here, so no checkpoint ever holds a non-finite state.
-      finite, last_metrics = _check_window(config, workdir, manager, state,
-                                           window.fetch())
+      finite, last_metrics = fault_tolerance.check_window(
+          config, workdir, manager, state, window.fetch())
       train_losses.extend(finite)
 
     if log_now:
@@ -433,60 +432,6 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
   logging.info('Metrics: %s; TensorBoard: tensorboard --logdir=%s',
                workdir_lib.metrics_path(workdir), workdir)
   return dict(scores, step=int(state.step), best_checkpoint=best_path)
-
-
-def _is_finite(step_metrics: dict) -> bool:
-  return bool(np.isfinite(step_metrics['loss']) and
-              np.isfinite(step_metrics['grad_norm']))
-
-
-def _check_window(config, workdir, manager, state, fetched):
-  """Acts on the fetched steps' metrics in step order.
-
-  Returns (finite losses, the last step's metrics). A non-finite step stops
-  the run, or with config.skip_nonfinite is reported as skipped.
-  """
-  skipped_later = sum(not _is_finite(m) for _, m, _ in fetched)
-  finite = []
-  for step, step_metrics, batch_ids in fetched:
-    if _is_finite(step_metrics):
-      finite.append(step_metrics['loss'])
-      continue
-    skipped_later -= 1
-    skipped = (int(jax.device_get(state.skipped_updates)) - skipped_later
-               if config.skip_nonfinite else 0)
-    _handle_nonfinite(config, workdir, manager, skipped, step, step_metrics,
-                      batch_ids)
-  return finite, (fetched[-1][1] if fetched else {})
-
-
-def _handle_nonfinite(config, workdir, manager, skipped, step, step_metrics,
-                      batch_ids) -> None:
-  """Skips (config.skip_nonfinite) or stops on a non-finite loss/gradient.
-
-  `skipped` is the number of updates skipped up to and including `step`.
-  """
-  what = (f'loss {step_metrics["loss"]}, gradient norm '
-          f'{step_metrics["grad_norm"]} at step {step} (batch of image ids '
-          f'{_format_ids(batch_ids)})')
-  if config.skip_nonfinite:
-    logging.warning('Skipped the update of step %d: non-finite %s; %d updates '
-                    'skipped so far.', step, what, skipped)
-    return
-  # Nothing of this step is saved; the cleanup waits for any save in flight.
-  manager.wait_until_finished()
-  raise fault_tolerance.NonFiniteError(
-      f'Non-finite {what}. Stopped without saving; the last good checkpoint '
-      f'is step {manager.latest_step()} in '
-      f'{workdir_lib.checkpoint_dir(workdir)}. Lower the learning rate, '
-      'check those images, or set config.skip_nonfinite=True to skip such '
-      'updates.')
-
-
-def _format_ids(batch_ids) -> str:
-  if batch_ids is None:
-    return '?'
-  return '[' + ', '.join(str(i) for i in np.ravel(batch_ids).tolist()) + ']'
 
 
 def _stop_on_signal(signum, manager, workdir, step, state, train_iter) -> None:

@@ -17,9 +17,9 @@ import pytest
 from orbax.checkpoint._src.serialization import serialization
 
 from fcn_jax import checkpointing
-from fcn_jax import convert
 from fcn_jax import inference
 from fcn_jax import models
+from fcn_jax import surgery
 from fcn_jax import train
 from fcn_jax import workdir as workdir_lib
 from fcn_jax.configs import tiny
@@ -240,7 +240,7 @@ def test_readers_leave_a_save_in_progress_alone(model_workdir):
   assert metadata['format'] == 'fcn_jax-train'
   np.testing.assert_array_equal(loaded['score_fr']['kernel'],
                                 params['score_fr']['kernel'])
-  merged = convert.init_from(
+  merged = surgery.init_from(
       jax.tree.map(np.zeros_like, params), workdir)
   np.testing.assert_array_equal(merged['conv1_1']['kernel'],
                                 params['conv1_1']['kernel'])

@@ -434,7 +434,7 @@ def test_init_from_32s_checkpoint_seeds_16s(tmp_path):
 
   fresh16 = random_params(m16, 1)
   fresh16['score_pool4'] = jax.tree.map(np.zeros_like, fresh16['score_pool4'])
-  p16 = convert.init_from(fresh16, str(tmp_path / 'w32'))
+  p16 = surgery.init_from(fresh16, str(tmp_path / 'w32'))
   assert set(p16) == set(fresh16)
   for name in p32:
     for leaf in p32[name]:
@@ -461,12 +461,12 @@ def test_init_from_reports_and_refuses_misfits(tmp_path):
   _save_train_checkpoint(tmp_path / 'w32', m32, random_params(m32, 0))
   wider = random_params(models.get_model('fcn16s', 5, width=1 / 16), 1)
   with pytest.raises(ValueError, match='does not fit the model.*conv1_1'):
-    convert.init_from(wider, str(tmp_path / 'w32'))
+    surgery.init_from(wider, str(tmp_path / 'w32'))
   other_classes = random_params(models.get_model('fcn16s', 3, width=1 / 32), 2)
   with pytest.raises(ValueError, match='score_fr'):
-    convert.init_from(other_classes, str(tmp_path / 'w32'))
+    surgery.init_from(other_classes, str(tmp_path / 'w32'))
   with pytest.raises(FileNotFoundError, match='nowhere'):
-    convert.init_from(wider, str(tmp_path / 'nowhere'))
+    surgery.init_from(wider, str(tmp_path / 'nowhere'))
 
   target = {'a': {'kernel': np.zeros(2)}, 'b': {'kernel': np.ones(3)}}
   merged, report = surgery.merge_params(
@@ -496,7 +496,7 @@ def test_train_init_from_workdir(tmp_path, monkeypatch):
   config.init_from = str(tmp_path / 'w32')
 
   seeded = []
-  real_init_from = convert.init_from
+  real_init_from = surgery.init_from
 
   def spy(params, path):
     seeded.append(real_init_from(params, path))
@@ -517,7 +517,7 @@ def test_train_init_from_workdir(tmp_path, monkeypatch):
 
   real_init_params = models.init_params
   monkeypatch.setattr(models, 'init_params', zero_init)
-  monkeypatch.setattr(convert, 'init_from', spy)
+  monkeypatch.setattr(surgery, 'init_from', spy)
   monkeypatch.setattr(train, 'compile_steps', stop)
   with pytest.raises(Stop):
     train.train_and_evaluate(config, str(tmp_path / 'w16'))
