@@ -50,6 +50,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from fcn_jax import checkpointing
 from fcn_jax import fault_tolerance
 from fcn_jax import input_pipeline
+from fcn_jax import metrics as metrics_lib
 from fcn_jax import models
 from fcn_jax import prefetch
 from fcn_jax import sharding
@@ -166,10 +167,10 @@ def evaluate_seeds(p_eval_step, state, source, batch_size: int,
   scores = []
   for seed_hist in hist:
     if boundary_radius <= 0:
-      scores.append(train.metrics_lib.segmentation_scores(seed_hist))
+      scores.append(metrics_lib.segmentation_scores(seed_hist))
       continue
-    seed_scores = train.metrics_lib.segmentation_scores(seed_hist[0])
-    seed_scores['boundary_mean_iu'] = train.metrics_lib.segmentation_scores(
+    seed_scores = metrics_lib.segmentation_scores(seed_hist[0])
+    seed_scores['boundary_mean_iu'] = metrics_lib.segmentation_scores(
         seed_hist[1])['mean_iu']
     scores.append(seed_scores)
   return scores

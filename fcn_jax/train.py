@@ -30,7 +30,6 @@ from fcn_jax import dataset_info
 from fcn_jax import fault_tolerance
 from fcn_jax import grad_accum
 from fcn_jax import input_pipeline
-from fcn_jax import metrics as metrics_lib
 from fcn_jax import models
 from fcn_jax import optimizer
 from fcn_jax import prefetch
