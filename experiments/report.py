@@ -33,7 +33,6 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -83,14 +82,8 @@ def read_records(path: str) -> dict[str, list[dict]]:
   record of a step wins. Lines cut short by a kill are skipped.
   """
   by_split = collections.defaultdict(dict)
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        try:
-          record = json.loads(line)
-        except ValueError:
-          continue
-        by_split[record.get('split')][record['step']] = record
+  for _, record in workdir_lib.metrics_records(path):
+    by_split[record.get('split')][record['step']] = record
   return {split: [steps[s] for s in sorted(steps)]
           for split, steps in by_split.items()}
 
@@ -138,7 +131,7 @@ def class_names(sweep_dir: str, runs: Sequence[Run],
   """Class names of the sweep's dataset where cheaply known, else indices."""
   for run in runs:
     run_dir = run.dir or os.path.join(sweep_dir, run.name)
-    info = sweep_lib.read_json(os.path.join(run_dir, 'dataset_info.json'))
+    info = sweep_lib.read_json(os.path.join(run_dir, workdir_lib.DATASET_INFO_FILE))
     if info and len(info.get('class_names', ())) == num_classes:
       return list(info['class_names'])
     config_record = workdir_lib.read_config(run_dir, strict=False)

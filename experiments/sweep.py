@@ -235,23 +235,10 @@ def final_step(run_dir: str) -> int | None:
 def last_val_step(run_dir: str) -> int | None:
   """The last step with a validation record in metrics.jsonl."""
   step = None
-  for _, record in metrics_records(os.path.join(run_dir, METRICS_FILE)):
+  for _, record in workdir_lib.metrics_records(os.path.join(run_dir, METRICS_FILE)):
     if record.get('split') == 'val':
       step = record['step']
   return step
-
-
-def metrics_records(path: str) -> Iterable[tuple[str, dict]]:
-  """(line, record) of every whole line of a metrics.jsonl (none if absent;
-  a line cut short by a kill is skipped)."""
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    for line in f:
-      try:
-        yield line, json.loads(line)
-      except ValueError:
-        continue
 
 
 def is_finished(run_dir: str, overrides: dict[str, Any] | None = None,
@@ -351,11 +338,11 @@ def write_seed_views(group_dir: str, seed_dirs: Sequence[str],
   its own: config.json, dataset_info.json, its metrics, a link to the
   checkpoints, sweep_run.json."""
   records = collections.defaultdict(list)
-  for line, record in metrics_records(os.path.join(group_dir, METRICS_FILE)):
+  for line, record in workdir_lib.metrics_records(os.path.join(group_dir, METRICS_FILE)):
     records[record.get(SEED_KEY)].append(line.rstrip('\n') + '\n')
   for seed_dir, seed, run_overrides in zip(seed_dirs, seeds, overrides):
     os.makedirs(seed_dir, exist_ok=True)
-    for name in (workdir_lib.CONFIG_FILE, 'dataset_info.json'):
+    for name in (workdir_lib.CONFIG_FILE, workdir_lib.DATASET_INFO_FILE):
       source = os.path.join(group_dir, name)
       if os.path.exists(source):
         with open(source) as f:

@@ -17,9 +17,9 @@ import numpy as np
 from absl import logging
 
 from fcn_jax import errors
+from fcn_jax import workdir as workdir_lib
 from fcn_jax.metrics import IGNORE_INDEX
 
-FILE = 'dataset_info.json'
 
 
 class DatasetInfoError(ValueError, errors.UserError):
@@ -33,7 +33,7 @@ def save(workdir: str, name: str, class_names, palette) -> str:
   record = {'dataset': name, 'num_classes': len(class_names),
             'class_names': class_names, 'ignore_label': IGNORE_INDEX,
             'palette': palette.tolist()}
-  path = os.path.join(workdir, FILE)
+  path = os.path.join(workdir, workdir_lib.DATASET_INFO_FILE)
   with open(path + '.tmp', 'w') as f:
     json.dump(record, f, indent=2)
   os.replace(path + '.tmp', path)
@@ -50,7 +50,7 @@ def load(workdir: str) -> dict | None:
   Raises:
     DatasetInfoError: the file exists but is not a valid record.
   """
-  path = os.path.join(workdir, FILE)
+  path = os.path.join(workdir, workdir_lib.DATASET_INFO_FILE)
   if not os.path.isfile(path):
     return None
   try:

@@ -81,14 +81,10 @@ def evaluate_segmenter(segmenter: inference.Segmenter, source,
   which sum to 'confusion_matrix' (for paired statistics over images).
   """
   num_classes = segmenter.num_classes
-  total = len(source) if not max_images else min(max_images, len(source))
-  if total == 0:
-    raise decode.DataError('The split holds no images.')
+  total, calibration_sums, compiled_before = _start(segmenter, source,
+                                                    max_images)
   hist = np.zeros((num_classes, num_classes), np.int64)
   image_hists = []
-  calibration_sums = calibration.Accumulator(
-      bucket=tiling.bucket_size if segmenter.bucket else None)
-  compiled_before = segmenter.num_compilations
   start = time.time()
   for index in range(total):
     example = source[index]
@@ -116,6 +112,16 @@ def evaluate_segmenter(segmenter: inference.Segmenter, source,
   return scores
 
 
+def _start(segmenter: inference.Segmenter, source, max_images: int):
+  """(images to score, an empty calibration accumulator, compilations so far)."""
+  total = len(source) if not max_images else min(max_images, len(source))
+  if total == 0:
+    raise decode.DataError('The split holds no images.')
+  calibration_sums = calibration.Accumulator(
+      bucket=tiling.bucket_size if segmenter.bucket else None)
+  return total, calibration_sums, segmenter.num_compilations
+
+
 def evaluate_heads(segmenter: inference.Segmenter, source,
                    head_sizes: dict[str, int], max_images: int = 0,
                    progress: bool = True,
@@ -127,13 +133,9 @@ def evaluate_heads(segmenter: inference.Segmenter, source,
   the geometric head) plus 'confusion_matrix' (and 'geo_confusion_matrix'),
   'num_images', 'compilations', 'seconds' and the main head's 'calibration'.
   """
-  total = len(source) if not max_images else min(max_images, len(source))
-  if total == 0:
-    raise decode.DataError('The split holds no images.')
+  total, calibration_sums, compiled_before = _start(segmenter, source,
+                                                    max_images)
   hists = {k: np.zeros((c, c), np.int64) for k, c in head_sizes.items()}
-  calibration_sums = calibration.Accumulator(
-      bucket=tiling.bucket_size if segmenter.bucket else None)
-  compiled_before = segmenter.num_compilations
   start = time.time()
   for index in range(total):
     example = source[index]

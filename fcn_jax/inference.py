@@ -109,6 +109,12 @@ class Segmenter:
     self.compiled_shapes.append(tuple(inputs.shape))
     return self.model.apply({'params': params}, inputs, train=False)
 
+  def _padded_size(self, height: int, width: int) -> tuple[int, int]:
+    """The input's size padded to its bucket (one program per bucket)."""
+    if not self.bucket:
+      return height, width
+    return tiling.bucket_size(height), tiling.bucket_size(width)
+
   def head_logits(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
     """{label key: (H, W, classes) logits} of one preprocessed input.
 
@@ -119,11 +125,7 @@ class Segmenter:
     """
     inputs = np.asarray(inputs, np.float32)
     height, width = inputs.shape[:2]
-    if self.bucket:
-      padded_h = tiling.bucket_size(height)
-      padded_w = tiling.bucket_size(width)
-    else:
-      padded_h, padded_w = height, width
+    padded_h, padded_w = self._padded_size(height, width)
     batch = np.zeros((1, padded_h, padded_w, inputs.shape[-1]), np.float32)
     batch[0, :height, :width] = inputs
     out = jax.device_get(self._forward_inputs(self.params, batch))
@@ -135,11 +137,7 @@ class Segmenter:
     """(H, W, C) float32 logits of one RGB image, exactly its size."""
     rgb, _ = decode.to_rgb(image)
     height, width = rgb.shape[:2]
-    if self.bucket:
-      padded_h = tiling.bucket_size(height)
-      padded_w = tiling.bucket_size(width)
-    else:
-      padded_h, padded_w = height, width
+    padded_h, padded_w = self._padded_size(height, width)
     batch = np.zeros((1, padded_h, padded_w, 3), np.uint8)
     batch[0, :height, :width] = rgb
     sizes = np.array([[height, width]], np.int32)

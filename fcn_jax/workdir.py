@@ -32,7 +32,7 @@ import contextlib
 import json
 import logging as std_logging
 import os
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import ml_collections
 import numpy as np
@@ -44,6 +44,7 @@ CONFIG_FILE = 'config.json'
 CHECKPOINTS = 'checkpoints'
 CORRUPT_CHECKPOINTS = 'corrupt_checkpoints'
 METRICS_FILE = 'metrics.jsonl'
+DATASET_INFO_FILE = 'dataset_info.json'  # Written by fcn_jax.dataset_info.
 CONVERTED_MARKER = 'metadata'  # Sub-directory of a converted checkpoint.
 # A checkpoint may declare more array bytes than it stores (TensorStore
 # compresses, and skips chunks equal to the fill value), but not absurdly
@@ -201,22 +202,31 @@ def finished_steps(workdir: str) -> dict[int, str]:
   return steps
 
 
-def val_records(workdir: str) -> list[dict]:
-  """The validation records of metrics.jsonl, in order ([] without it);
-  lines cut short by a kill are skipped."""
-  records = []
+def metrics_records(path: str) -> Iterator[tuple[str, dict]]:
+  """(line, record) of every whole line of a metrics.jsonl file, in order
+  (none if it is absent; a line cut short by a kill is skipped)."""
   try:
-    with open(metrics_path(workdir)) as f:
-      for line in f:
-        try:
-          record = json.loads(line)
-        except ValueError:
-          continue
-        if isinstance(record, dict) and record.get('split') == 'val':
-          records.append(record)
+    with open(path) as f:
+      lines = f.readlines()
   except OSError:
-    return []
-  return records
+    return
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue
+    if isinstance(record, dict):
+      yield line, record
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """All records of `<workdir>/metrics.jsonl`, in order."""
+  return [record for _, record in metrics_records(metrics_path(workdir))]
+
+
+def val_records(workdir: str) -> list[dict]:
+  """The validation records of metrics.jsonl, in order ([] without it)."""
+  return [r for r in read_metrics(workdir) if r.get('split') == 'val']
 
 
 def validation_scores(workdir: str) -> dict[int, float]:

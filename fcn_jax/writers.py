@@ -73,12 +73,6 @@ class MetricWriter:
       self._tb.close()
 
 
-def read_metrics(workdir: str) -> list[dict]:
-  """All records of `<workdir>/metrics.jsonl`, in order."""
-  with open(workdir_lib.metrics_path(workdir)) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 class _QuietLibraries:
   """Hides INFO chatter of Orbax and JAX internals; warnings still show."""
 

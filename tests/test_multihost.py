@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from fcn_jax import fault_tolerance
-from fcn_jax import writers
+from fcn_jax import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3
@@ -129,7 +129,7 @@ def test_two_processes_train_like_one(runs):
 
 def test_only_process_zero_logs_the_same_metrics(runs):
   single, multi, _ = runs
-  expected, actual = writers.read_metrics(single), writers.read_metrics(multi)
+  expected, actual = workdir_lib.read_metrics(single), workdir_lib.read_metrics(multi)
   # One record per step and split: process 1 wrote nothing.
   assert [(r['step'], r['split']) for r in actual] == [
       (r['step'], r['split']) for r in expected]

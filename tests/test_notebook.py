@@ -21,7 +21,7 @@ import sys
 
 import pytest
 
-from fcn_jax import writers
+from fcn_jax import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, 'experiments', 'colab_tpu.ipynb')
@@ -144,7 +144,7 @@ def test_notebook_installs_from_git_and_trains_the_tiny_config(executed):
   with open(os.path.join(workdir, 'config.json')) as f:
     assert json.load(f)['num_train_steps'] == tiny.num_train_steps
   # The scores it prints are the final validation record of metrics.jsonl.
-  final = [r for r in writers.read_metrics(workdir) if r['split'] == 'val'][-1]
+  final = [r for r in workdir_lib.read_metrics(workdir) if r['split'] == 'val'][-1]
   assert final['step'] == tiny.num_train_steps
   assert f"'mean_iu': {round(final['mean_iu'], 4)}" in stdout, stdout
 

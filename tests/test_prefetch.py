@@ -12,7 +12,7 @@ from jax._src import array as jax_array
 from fcn_jax import input_pipeline
 from fcn_jax import prefetch
 from fcn_jax import train
-from fcn_jax import writers
+from fcn_jax import workdir as workdir_lib
 from fcn_jax.configs import default
 
 
@@ -134,7 +134,7 @@ def test_training_steps_that_do_not_log_fetch_nothing_from_the_device(
   # Steps 3 and 6 log (and 6 evaluates and saves); 1, 2, 4 and 5 do not.
   assert set(fetched_at) - {0, 3, 6} == set(), fetched_at
   assert 3 in fetched_at and 6 in fetched_at
-  records = [r for r in writers.read_metrics(str(tmp_path))
+  records = [r for r in workdir_lib.read_metrics(str(tmp_path))
              if r['split'] == 'train']
   assert [r['step'] for r in records] == [3, 6]
   for r in records:

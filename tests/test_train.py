@@ -20,7 +20,6 @@ from fcn_jax import optimizer
 from fcn_jax import sharding
 from fcn_jax import train
 from fcn_jax import workdir as workdir_lib
-from fcn_jax import writers
 from fcn_jax.configs import default
 import inference_testutil
 
@@ -117,7 +116,7 @@ def finished_run(tmp_path_factory):
 def test_end_to_end_writes_metrics_config_and_checkpoints(finished_run):
   workdir, result = finished_run
   config = _tiny()
-  records = writers.read_metrics(workdir)
+  records = workdir_lib.read_metrics(workdir)
   train_records = [r for r in records if r['split'] == 'train']
   val_records = [r for r in records if r['split'] == 'val']
   assert [r['step'] for r in train_records] == [2, 4, 6]
@@ -165,7 +164,7 @@ def test_resume_continues_from_the_saved_step_to_the_same_result(
   split_dir = str(tmp_path / 'split')
   train.train_and_evaluate(_tiny(num_train_steps=3), split_dir)
   train.train_and_evaluate(_tiny(), split_dir)
-  records = writers.read_metrics(split_dir)
+  records = workdir_lib.read_metrics(split_dir)
   # The second invocation started at step 4: no step is trained twice.
   train_steps = [r['step'] for r in records if r['split'] == 'train']
   assert train_steps == [2, 3, 4, 6]
@@ -253,13 +252,13 @@ def test_run_describes_its_dataset_and_shows_predictions(finished_run):
     saved = json.load(f)
   assert saved['class_names'] == list(info.class_names)
   assert saved['num_classes'] == 7 and saved['ignore_label'] == 255
-  train_records = [r for r in writers.read_metrics(workdir)
+  train_records = [r for r in workdir_lib.read_metrics(workdir)
                    if r['split'] == 'train']
   assert [r['learning_rate'] for r in train_records] == [
       pytest.approx(config.learning_rate)] * 3  # The tiny config's constant.
   events = read_events(workdir)
   assert events['val/per_class_iu/background', 6] == pytest.approx(
-      writers.read_metrics(workdir)[-1]['per_class_iu'][0])
+      workdir_lib.read_metrics(workdir)[-1]['per_class_iu'][0])
   assert events['train/learning_rate', 2] == pytest.approx(config.learning_rate)
   assert ('val/confusion_matrix', 3) in events
   # The step-6 strips: input | truth | prediction of the final parameters,
