@@ -60,7 +60,6 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(cli.__file__)),
                               'configs', 'default.py')
 RUN_FILE = 'sweep_run.json'
 SWEEP_FILE = 'sweep.json'
-METRICS_FILE = workdir_lib.METRICS_FILE
 LOG_FILE = 'log.txt'
 SEED_KEY = 'seed'
 
@@ -234,11 +233,8 @@ def final_step(run_dir: str) -> int | None:
 
 def last_val_step(run_dir: str) -> int | None:
   """The last step with a validation record in metrics.jsonl."""
-  step = None
-  for _, record in workdir_lib.metrics_records(os.path.join(run_dir, METRICS_FILE)):
-    if record.get('split') == 'val':
-      step = record['step']
-  return step
+  records = workdir_lib.val_records(run_dir)
+  return records[-1]['step'] if records else None
 
 
 def is_finished(run_dir: str, overrides: dict[str, Any] | None = None,
@@ -338,7 +334,8 @@ def write_seed_views(group_dir: str, seed_dirs: Sequence[str],
   its own: config.json, dataset_info.json, its metrics, a link to the
   checkpoints, sweep_run.json."""
   records = collections.defaultdict(list)
-  for line, record in workdir_lib.metrics_records(os.path.join(group_dir, METRICS_FILE)):
+  group_metrics = workdir_lib.metrics_path(group_dir)
+  for line, record in workdir_lib.metrics_records(group_metrics):
     records[record.get(SEED_KEY)].append(line.rstrip('\n') + '\n')
   for seed_dir, seed, run_overrides in zip(seed_dirs, seeds, overrides):
     os.makedirs(seed_dir, exist_ok=True)
@@ -351,10 +348,10 @@ def write_seed_views(group_dir: str, seed_dirs: Sequence[str],
           f.write(text)
         os.replace(os.path.join(seed_dir, name) + '.tmp',
                    os.path.join(seed_dir, name))
-    with open(os.path.join(seed_dir, METRICS_FILE) + '.tmp', 'w') as f:
+    with open(workdir_lib.metrics_path(seed_dir) + '.tmp', 'w') as f:
       f.writelines(records.get(seed, []))
-    os.replace(os.path.join(seed_dir, METRICS_FILE) + '.tmp',
-               os.path.join(seed_dir, METRICS_FILE))
+    os.replace(workdir_lib.metrics_path(seed_dir) + '.tmp',
+               workdir_lib.metrics_path(seed_dir))
     link = os.path.join(seed_dir, GROUP_LINK)
     target = os.path.join(os.path.relpath(group_dir, seed_dir), GROUP_LINK)
     if not os.path.islink(link) or os.readlink(link) != target:
