@@ -154,6 +154,10 @@ def run_name(overrides: dict[str, Any],
   name = setting_name(overrides, keys)
   if SEED_KEY in overrides:
     name += f',{SEED_KEY}={overrides[SEED_KEY]}'
+  return _file_safe(name)
+
+
+def _file_safe(name: str) -> str:
   return re.sub(r'[^A-Za-z0-9_.,=+-]', '_', name)
 
 
@@ -317,7 +321,7 @@ def group_name(runs: Sequence[dict[str, Any]], members: Sequence[int]) -> str:
   """The group workdir's name: '<setting>,seeds=0+1+2'."""
   setting = setting_name(runs[members[0]], varying_keys(runs))
   seeds = '+'.join(str(runs[i][SEED_KEY]) for i in members)
-  return re.sub(r'[^A-Za-z0-9_.,=+-]', '_', f'{setting},seeds={seeds}')
+  return _file_safe(f'{setting},seeds={seeds}')
 
 
 def group_overrides(runs: Sequence[dict[str, Any]],

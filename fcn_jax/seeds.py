@@ -305,12 +305,6 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
   seeds = seed_list(config)
   mesh = sharding.create_mesh()
   kind = program_kind()
-  if kind == 'vmap' and mesh.size > 1 and config.fast_ops == 'auto':
-    # The vmapped fast CPU ops deadlock XLA:CPU's collectives across several
-    # devices (device threads stop arriving at the all-reduce); the plain ops
-    # compute the same function.
-    config.fast_ops = 'off'
-    logging.info('Seeds on %d devices: fast_ops auto -> off.', mesh.size)
   (config, eval_batch_size, train_source, val_source, info,
    manager) = train.prepare_run(
        config, workdir, mesh, cleanup,
@@ -384,7 +378,7 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
     faults.after_step(step)
     if step == start_step + 1:
       timer = (time.time(), step)
-    log_now, evaluated, save_now = _due(config, step)
+    log_now, evaluated, save_now = train.due(config, step)
     signum = stop.agreed_signum(step, config.preemption_check_every_steps)
     if log_now or evaluated or save_now or signum:
       for fetched_step, fetched, _ in window.fetch():
@@ -432,14 +426,6 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
   return dict(seed_scores[best], step=step,
               best_checkpoint=best_path, seeds=seeds, best_seed=seeds[best],
               seed_mean_iu=[s['mean_iu'] for s in seed_scores])
-
-
-def _due(config, step: int) -> tuple[bool, bool, bool]:
-  """Whether `step` logs, evaluates and saves (each every ..._every_steps
-  steps, and all three at the last step)."""
-  return tuple(step % every == 0 or step == config.num_train_steps
-               for every in (config.log_every_steps, config.eval_every_steps,
-                             config.checkpoint_every_steps))
 
 
 def _ranking(seed_scores: Sequence[dict]) -> dict:

@@ -366,10 +366,7 @@ def _train_and_evaluate(config, workdir, stop, cleanup) -> dict[str, Any]:
       # The first step includes compilation; time from here on for the ETA.
       timer_start, timer_step = time.time(), step
 
-    is_last = step == config.num_train_steps
-    log_now = step % config.log_every_steps == 0 or is_last
-    eval_now = step % config.eval_every_steps == 0 or is_last
-    save_now = step % config.checkpoint_every_steps == 0 or is_last
+    log_now, eval_now, save_now = due(config, step)
     # Read once: a signal may arrive meanwhile. (Several processes agree on
     # it at the same steps, host to host.)
     signum = stop.agreed_signum(
@@ -442,6 +439,14 @@ def _stop_on_signal(signum, manager, workdir, step, state, train_iter) -> None:
       f'Stopped by {name} after step {step}; checkpoint saved in '
       f'{workdir_lib.step_dir(workdir, step)}. '
       'Run the same command again to resume', signum, step)
+
+
+def due(config, step: int) -> tuple[bool, bool, bool]:
+  """Whether `step` logs, evaluates and saves (each every ..._every_steps
+  steps, and all three at the last step)."""
+  return tuple(step % every == 0 or step == config.num_train_steps
+               for every in (config.log_every_steps, config.eval_every_steps,
+                             config.checkpoint_every_steps))
 
 
 def _format_duration(seconds: float) -> str:

@@ -156,7 +156,9 @@ EIGHT_DEVICES = textwrap.dedent('''
     assert jax.device_count() == 8
     config = default.get_tiny_config()
     config.batch_size = 8
-    config.fast_ops = 'off'  # As train_seeds does on several CPU devices.
+    # Vmapped fast CPU ops deadlock XLA:CPU's collectives on 8 devices (train_seeds
+    # vmaps only off the CPU, where fast_ops auto means the plain ops).
+    config.fast_ops = 'off'
     train_source, _, info = input_pipeline.create_datasets(config)
     model = models.create_model(config, info.num_classes)
     datasets = [input_pipeline.train_dataset_from_config(
