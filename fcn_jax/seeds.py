@@ -21,11 +21,12 @@ convolutions XLA:CPU runs as slow grouped convolutions).
 The stacked train state (a leading seed axis on every array) is one
 checkpoint; the best checkpoint is ranked by the mean over seeds of the
 validation mean IU. metrics.jsonl gets one record per seed per logged step,
-with a 'seed' key. With 'vmap' the batches of all seeds form one (seeds,
-batch, ...) array whose batch axis is split over the 'data' mesh axis, so
-the seed axis combines with data parallelism (every device runs every seed
-on its slice); with 'loop' each seed's step is the ordinary data-parallel
-one.
+with a 'seed' key. With 'vmap' the seed axis combines with data parallelism
+in one of two layouts (config.seed_sharding, `SeedLayout`): 'batch' folds
+the seeds into the batch sharding (every device runs every seed on its slice
+of the batch), 'mesh' gives the mesh a 'seed' axis (every device runs some
+of the seeds on a larger slice). With 'loop' each seed's step is the
+ordinary data-parallel one.
 
 `params_of_seed` picks one seed's parameters out of such a checkpoint for
 evaluate / predict / export (`--seed=K`; by default the seed with the best
@@ -34,7 +35,9 @@ validation mean IU at that step, read from metrics.jsonl).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 import os
 import signal
 import time
@@ -45,7 +48,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from fcn_jax import checkpointing
 from fcn_jax import fault_tolerance
@@ -106,14 +109,16 @@ def stack_trees(trees: Sequence[Any]):
   return jax.tree.unflatten(treedef, [jnp.stack(xs) for xs in zip(*leaves)])
 
 
-def create_seed_states(config, model, seeds: Sequence[int], mesh):
+def create_seed_states(config, model, seeds: Sequence[int], mesh,
+                       state_sharding: NamedSharding | None = None):
   """The stacked TrainState: seed k's slice is what a separate run of seed k
   starts from (each initialized on its own, not under vmap, so that the
-  'rbg' initializer draws exactly the separate run's numbers)."""
+  'rbg' initializer draws exactly the separate run's numbers). Placed with
+  `state_sharding` (default: replicated on `mesh`)."""
   states = [train.create_train_state(
       config, model, train.init_and_dropout_keys(s)[0], mesh) for s in seeds]
   stacked = stack_trees(states)
-  return jax.device_put(stacked, sharding.replicated(mesh))
+  return jax.device_put(stacked, state_sharding or sharding.replicated(mesh))
 
 
 def dropout_keys(seeds: Sequence[int]) -> jax.Array:
@@ -123,14 +128,59 @@ def dropout_keys(seeds: Sequence[int]) -> jax.Array:
   return jax.random.wrap_key_data(np.stack(keys))
 
 
-def seed_batch_sharding(mesh) -> NamedSharding:
-  """(seeds, batch, ...) arrays: the batch axis split over 'data'."""
-  return NamedSharding(mesh, P(None, sharding.DATA_AXIS))
+# How the vmapped program lays the seeds out on the devices
+# (config.seed_sharding).
+SEED_SHARDINGS = ('batch', 'mesh')
+SEED_AXIS = 'seed'
 
 
-def compile_seed_steps(config, mesh):
+@dataclasses.dataclass(frozen=True)
+class SeedLayout:
+  """Where the vmapped program's arrays live.
+
+  'batch' (seeds folded into the batch sharding): a 1-D 'data' mesh over all
+  devices; every device holds every seed's state and runs every seed on its
+  slice of each seed's batch. 'mesh': a 2-D ('data', 'seed') mesh; the seed
+  axis splits the seeds over the devices of each process, so a device holds
+  only its seeds' state and runs them on a larger slice of their batches.
+  """
+  mesh: Mesh
+  state: NamedSharding  # the stacked train state (leading seed axis)
+  batch: NamedSharding  # (seeds, batch, ...) training batches
+  per_seed: NamedSharding  # (seeds, ...) keys, step metrics, histograms
+
+
+def seed_layout(kind: str, num_seeds: int, devices=None) -> SeedLayout:
+  """The layout `kind` (SEED_SHARDINGS) for `num_seeds` seeds on `devices`
+  (default: all). With 'mesh' the seed axis has gcd(seeds, devices per
+  process) devices, and the 'data' axis the rest (across processes)."""
+  if kind not in SEED_SHARDINGS:
+    raise ConfigError(f'config.seed_sharding={kind!r}: expected one of '
+                      f'{SEED_SHARDINGS}.')
+  devices = jax.devices() if devices is None else list(devices)
+  if kind == 'batch':
+    mesh = sharding.create_mesh(devices)
+    return SeedLayout(mesh, sharding.replicated(mesh),
+                      NamedSharding(mesh, P(None, sharding.DATA_AXIS)),
+                      sharding.replicated(mesh))
+  # Seeds stay within a process, so every process holds all seeds of its
+  # slice of the batch, as the input pipeline reads it.
+  per_process = {}
+  for device in devices:
+    per_process.setdefault(device.process_index, []).append(device)
+  local = min(len(d) for d in per_process.values())
+  seed_size = math.gcd(num_seeds, local)
+  grid = np.concatenate([np.asarray(d[:local]).reshape(-1, seed_size)
+                         for _, d in sorted(per_process.items())])
+  mesh = Mesh(grid, (sharding.DATA_AXIS, SEED_AXIS))
+  per_seed = NamedSharding(mesh, P(SEED_AXIS))
+  return SeedLayout(mesh, per_seed,
+                    NamedSharding(mesh, P(SEED_AXIS, sharding.DATA_AXIS)),
+                    per_seed)
+
+
+def compile_seed_steps(config, layout: SeedLayout):
   """The vmapped train and eval steps, jit-compiled with shardings."""
-  replicated = sharding.replicated(mesh)
   step = functools.partial(
       train.train_step, loss_normalization=config.loss_normalization,
       skip_nonfinite=config.skip_nonfinite,
@@ -138,30 +188,49 @@ def compile_seed_steps(config, mesh):
       # The micro-batch sharding constraint is for unbatched arrays; XLA
       # propagates the batch sharding through the vmapped scan anyway.
       micro_batch_sharding=None)
+  per_seed = P(SEED_AXIS)
   p_train_step = jax.jit(
-      jax.vmap(step), in_shardings=(replicated, seed_batch_sharding(mesh),
-                                    replicated),
-      out_shardings=(replicated, replicated), donate_argnums=0)
+      _split_seeds(jax.vmap(step), layout, (per_seed,) * 3,
+                   (per_seed, per_seed)),
+      in_shardings=(layout.state, layout.batch, layout.per_seed),
+      out_shardings=(layout.state, layout.per_seed), donate_argnums=0)
+  eval_step = jax.vmap(functools.partial(
+      train.eval_step, boundary_radius=config.boundary_radius),
+                       in_axes=(0, 0, None))
   p_eval_step = jax.jit(
-      jax.vmap(functools.partial(
-          train.eval_step, boundary_radius=config.boundary_radius),
-               in_axes=(0, 0, None)),
-      in_shardings=(replicated, replicated, sharding.data_sharded(mesh)),
-      out_shardings=replicated, donate_argnums=1)
+      _split_seeds(eval_step, layout, (per_seed, per_seed, P()), per_seed),
+      in_shardings=(layout.state, layout.per_seed,
+                    sharding.data_sharded(layout.mesh)),
+      out_shardings=layout.per_seed, donate_argnums=1)
   return p_train_step, p_eval_step
 
 
+def _split_seeds(fn, layout: SeedLayout, in_specs, out_specs):
+  """`fn` on each device's own seeds, with a 'seed' mesh axis.
+
+  The seed axis is manual (shard_map) and the 'data' axis stays XLA's: left
+  to XLA, the partitioner splits the vmapped (grouped) convolutions over
+  the seed axis into invalid ones (jax 0.10.2), and each device computes
+  only its seeds anyway.
+  """
+  if SEED_AXIS not in layout.mesh.axis_names:
+    return fn
+  return jax.shard_map(fn, mesh=layout.mesh, in_specs=in_specs,
+                       out_specs=out_specs, axis_names={SEED_AXIS},
+                       check_vma=False)
+
+
 def evaluate_seeds(p_eval_step, state, source, batch_size: int,
-                   num_classes: int, num_seeds: int, mesh,
+                   num_classes: int, num_seeds: int, layout: SeedLayout,
                    boundary_radius: int = 0, **batching) -> list[dict]:
   """`train.evaluate` for every seed at once: one score dict per seed."""
   shape = (num_seeds, num_classes, num_classes)
   if boundary_radius > 0:
     shape = (num_seeds, 2, num_classes, num_classes)
-  hist = sharding.replicate(np.zeros(shape, np.int32), mesh)
+  hist = sharding.put(np.zeros(shape, np.int32), layout.per_seed)
   for batch in input_pipeline.eval_batches(source, batch_size, **batching):
     batch = sharding.shard_batch({k: batch[k] for k in ('image', 'label')},
-                                 mesh)
+                                 layout.mesh)
     hist = p_eval_step(state, hist, batch)
   hist = jax.device_get(hist)
   scores = []
@@ -184,28 +253,32 @@ def _stacked_batches(datasets, start: int, stop: int):
     yield {k: np.stack([b[k] for b in batches]) for k in batches[0]}
 
 
-def _place_seed_batch(batch: dict, mesh) -> dict:
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(
-          seed_batch_sharding(mesh), x), batch)
-
-
-def _seed_batches(datasets, index: int, mesh) -> dict:
+def _seed_batches(datasets, index: int, layout: SeedLayout) -> dict:
   """Batch `index` of every seed's dataset, stacked and sharded."""
-  return _place_seed_batch(
-      next(_stacked_batches(datasets, index, index + 1)), mesh)
+  return sharding.put(next(_stacked_batches(datasets, index, index + 1)),
+                      layout.batch)
 
 
-def program_kind(platform: str | None = None) -> str:
-  """How the seeds share a program on `platform` (default: JAX's backend).
+SEED_PROGRAMS = ('auto', 'vmap', 'loop')
 
-  'vmap' (accelerators): one vmapped train step for all seeds, which fills
-  a device that one small model leaves idle. 'loop' (CPU): the ordinary
-  compiled train step, compiled once and applied to each seed in turn. On
-  XLA:CPU a convolution whose kernel is batched over seeds becomes a grouped
-  convolution, slower than the separate ones (docs/research_tools.md), and
-  the loop computes exactly a separate run's numbers, bit for bit.
+
+def program_kind(mode: str = 'auto', platform: str | None = None) -> str:
+  """How the seeds share a program: config.seed_program `mode`, where 'auto'
+  depends on `platform` (default: JAX's backend).
+
+  'vmap' (auto on accelerators): one vmapped train step for all seeds, which
+  fills a device that one small model leaves idle. 'loop' (auto on CPU): the
+  ordinary compiled train step, compiled once and applied to each seed in
+  turn. On XLA:CPU a convolution whose kernel is batched over seeds becomes a
+  grouped convolution, slower than the separate ones
+  (docs/research_tools.md), and the loop computes exactly a separate run's
+  numbers, bit for bit.
   """
+  if mode not in SEED_PROGRAMS:
+    raise ConfigError(f'config.seed_program={mode!r}: expected one of '
+                      f'{SEED_PROGRAMS}.')
+  if mode != 'auto':
+    return mode
   platform = platform or jax.default_backend()
   return 'loop' if platform == 'cpu' else 'vmap'
 
@@ -213,13 +286,13 @@ def program_kind(platform: str | None = None) -> str:
 class _VmapProgram:
   """All seeds in one vmapped step: a stacked state (leading seed axis)."""
 
-  def __init__(self, config, mesh, eval_args):
-    self._mesh = mesh
+  def __init__(self, config, layout, eval_args):
+    self._layout = layout
     self._eval_args = eval_args
-    self._train, self._eval = compile_seed_steps(config, mesh)
+    self._train, self._eval = compile_seed_steps(config, layout)
 
   def place(self, batch):
-    return _place_seed_batch(batch, self._mesh)
+    return sharding.put(batch, self._layout.batch)
 
   def train(self, state, batch, rngs):
     return self._train(state, batch, rngs)
@@ -228,9 +301,8 @@ class _VmapProgram:
   def to_host_metrics(step_metrics):
     return step_metrics
 
-  @staticmethod
-  def unstacked(stacked):
-    return stacked
+  def unstacked(self, stacked):
+    return jax.device_put(stacked, self._layout.state)
 
   @staticmethod
   def stacked(state):
@@ -244,7 +316,7 @@ class _VmapProgram:
     args = self._eval_args
     return evaluate_seeds(self._eval, state, args['source'],
                           args['batch_size'], args['num_classes'], num_seeds,
-                          self._mesh, args['boundary_radius'],
+                          self._layout, args['boundary_radius'],
                           **args['batching'])
 
 
@@ -303,19 +375,25 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
   caught). Returns the best seed's final scores plus 'seeds',
   'seed_mean_iu', 'best_seed', 'step' and 'best_checkpoint'."""
   seeds = seed_list(config)
-  mesh = sharding.create_mesh()
-  kind = program_kind()
+  kind = program_kind(config.seed_program)
+  layout = seed_layout(config.seed_sharding, len(seeds)) if kind == 'vmap' \
+      else None
+  mesh = layout.mesh if layout else sharding.create_mesh()
   (config, eval_batch_size, train_source, val_source, info,
    manager) = train.prepare_run(
        config, workdir, mesh, cleanup,
        check_resume=lambda: _check_same_seeds(workdir, seeds))
   num_classes = config.num_classes
-  logging.info('Seeds %s in one program (%s); devices: %d (%s), mesh %s.',
-               seeds, kind, jax.device_count(), jax.devices()[0].platform,
-               dict(mesh.shape))
+  logging.info('Seeds %s in one program (%s%s); devices: %d (%s), mesh %s.',
+               seeds, kind, f', seed_sharding={config.seed_sharding}'
+               if layout else '', jax.device_count(),
+               jax.devices()[0].platform, dict(mesh.shape))
+  if layout:
+    config = _without_vmapped_fast_ops(config)
 
   model = models.create_model(config, num_classes)
-  state = create_seed_states(config, model, seeds, mesh)
+  state = create_seed_states(config, model, seeds, mesh,
+                             layout.state if layout else None)
   restored = checkpointing.restore_latest_valid(manager, workdir, state)
   if restored is not None:
     state = restored
@@ -327,7 +405,7 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
                                       config.init_from)
               for k in range(len(seeds))]
     state = state.replace(params=jax.device_put(
-        stack_trees(params), sharding.replicated(mesh)))
+        stack_trees(params), jax.tree.map(lambda x: x.sharding, state.params)))
   start_step = int(jax.device_get(state.step)[0])
   # Batch t of a separate run is its dataset's element t - 1 (what its
   # iterator hands out, also after a resume at step t - 1).
@@ -337,9 +415,9 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
                    num_classes=num_classes,
                    boundary_radius=config.boundary_radius,
                    batching=input_pipeline.batching_options(config, info))
-  if kind == 'vmap':
-    program = _VmapProgram(config, mesh, eval_args)
-    rngs = sharding.replicate(dropout_keys(seeds), mesh)
+  if layout:
+    program = _VmapProgram(config, layout, eval_args)
+    rngs = sharding.put(dropout_keys(seeds), layout.per_seed)
   else:
     program = _LoopProgram(config, mesh, eval_args, info)
     rngs = [sharding.replicate(train.init_and_dropout_keys(s)[1], mesh)
@@ -426,6 +504,21 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
   return dict(seed_scores[best], step=step,
               best_checkpoint=best_path, seeds=seeds, best_seed=seeds[best],
               seed_mean_iu=[s['mean_iu'] for s in seed_scores])
+
+
+def _without_vmapped_fast_ops(config):
+  """The vmapped program's config: XLA:CPU's collectives deadlock on vmapped
+  fast CPU ops across several devices, so there fast_ops 'auto' means the
+  plain ops and 'on' is refused."""
+  if jax.default_backend() != 'cpu' or jax.device_count() == 1:
+    return config
+  if config.fast_ops == 'on':
+    raise ConfigError("config.fast_ops='on' with the vmapped seeds program "
+                      '(config.seed_program) on several CPU devices hangs '
+                      "XLA:CPU's collectives; use fast_ops='auto' or 'off'.")
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.fast_ops = 'off'
+  return config
 
 
 def _ranking(seed_scores: Sequence[dict]) -> dict:

@@ -38,18 +38,24 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
 
 
 def replicate(tree, mesh: Mesh):
-  """Host values, the same on every process -> replicated global arrays.
+  """Host values, the same on every process -> replicated global arrays."""
+  return put(tree, replicated(mesh))
+
+
+def put(tree, target: NamedSharding):
+  """Host values -> global arrays with sharding `target`, where every process
+  holds what its own devices need of them (all of it, for a replicated
+  sharding).
 
   jax.device_put cannot place data on another process's devices; here each
-  process contributes its own (identical) copy. Works for PRNG keys too.
+  process contributes its own copy. Works for PRNG keys too.
   """
-  def put(x):
+  def put_leaf(x):
     if jax.dtypes.issubdtype(getattr(x, 'dtype', None), jax.dtypes.prng_key):
-      return jax.random.wrap_key_data(put(jax.random.key_data(x)),
+      return jax.random.wrap_key_data(put_leaf(jax.random.key_data(x)),
                                       impl=jax.random.key_impl(x))
-    return jax.make_array_from_process_local_data(replicated(mesh),
-                                                  np.asarray(x))
-  return jax.tree.map(put, tree)
+    return jax.make_array_from_process_local_data(target, np.asarray(x))
+  return jax.tree.map(put_leaf, tree)
 
 
 def micro_batch_sharded(mesh: Mesh) -> NamedSharding:
@@ -63,20 +69,23 @@ def check_batch_size(batch_size: int, mesh: Mesh, flag: str = 'batch_size',
 
   Args:
     batch_size: the global batch size.
-    mesh: the device mesh; every device gets batch_size / mesh.size examples.
+    mesh: the device mesh; the batch is split over its 'data' axis.
     flag: the config key named in the error.
     micro_batches: gradient accumulation steps; each device's share must
       split into this many equal micro-batches.
   """
-  if batch_size <= 0 or batch_size % mesh.size:
+  shards = mesh.shape[DATA_AXIS]
+  devices = (f'{shards}' if shards == mesh.size
+             else f"{shards} on the mesh's 'data' axis")
+  if batch_size <= 0 or batch_size % shards:
     raise fault_tolerance.ConfigError(
         f'config.{flag}={batch_size} must be a positive multiple of the '
-        f'number of devices ({mesh.size}).')
-  if batch_size % (mesh.size * micro_batches):
+        f'number of devices ({devices}).')
+  if batch_size % (shards * micro_batches):
     raise fault_tolerance.ConfigError(
         f'config.{flag}={batch_size} must be a multiple of '
-        f'config.grad_accum_steps x devices ({micro_batches} x {mesh.size} = '
-        f'{micro_batches * mesh.size}).')
+        f'config.grad_accum_steps x devices ({micro_batches} x {devices} = '
+        f'{micro_batches * shards}).')
 
 
 def shard_batch(batch, mesh: Mesh):

@@ -253,13 +253,16 @@ def prepare_run(config, workdir: str, mesh, cleanup, check_resume=None):
   config = ml_collections.ConfigDict(config.to_dict())
   config.num_classes = num_classes
 
-  manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
-  cleanup.callback(manager.close)
-  if manager.latest_step() is not None:
+  # Checked before the checkpoint manager exists: closing a manager right
+  # after creating it can make Orbax's background thread log an error.
+  if (os.path.isdir(workdir_lib.checkpoint_dir(workdir))
+      and workdir_lib.finished_steps(workdir)):
     fault_tolerance.check_resume_config(
         config, workdir, config.allow_config_change)
     if check_resume is not None:
       check_resume()
+  manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
+  cleanup.callback(manager.close)
   if jax.process_index() == 0:
     workdir_lib.save_config(config, workdir)
     dataset_info.save(workdir, info.name, info.class_names, info.palette)

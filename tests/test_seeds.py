@@ -148,39 +148,59 @@ def test_seed_list_parsing():
       seeds.seed_list(config)
 
 
+def test_program_and_layout_choices():
+  assert seeds.program_kind('auto', 'cpu') == 'loop'
+  assert seeds.program_kind('auto', 'gpu') == 'vmap'
+  assert seeds.program_kind('vmap', 'cpu') == 'vmap'
+  with pytest.raises(seeds.ConfigError, match="config.seed_program='pmap'"):
+    seeds.program_kind('pmap')
+  with pytest.raises(seeds.ConfigError, match="config.seed_sharding='x'"):
+    seeds.seed_layout('x', 2)
+  # One device: both layouts put everything on it.
+  for kind in seeds.SEED_SHARDINGS:
+    layout = seeds.seed_layout(kind, 4, jax.devices()[:1])
+    assert layout.mesh.size == 1
+
+
 EIGHT_DEVICES = textwrap.dedent('''
+    import sys
     import jax, numpy as np
+    from absl import logging
     from jax.sharding import PartitionSpec as P
     from fcn_jax import input_pipeline, models, seeds, sharding, train
+    from fcn_jax import workdir as workdir_lib
     from fcn_jax.configs import default
     assert jax.device_count() == 8
     config = default.get_tiny_config()
     config.batch_size = 8
-    # Vmapped fast CPU ops deadlock XLA:CPU's collectives on 8 devices (train_seeds
-    # vmaps only off the CPU, where fast_ops auto means the plain ops).
-    config.fast_ops = 'off'
+    config.fast_ops = 'off'  # As train_seeds does for the vmapped program.
     train_source, _, info = input_pipeline.create_datasets(config)
     model = models.create_model(config, info.num_classes)
     datasets = [input_pipeline.train_dataset_from_config(
         train_source, seeds.seed_config(config, s), info) for s in (0, 1)]
-    results = []
-    for mesh in (sharding.create_mesh(), sharding.create_mesh(jax.devices()[:1])):
-      state = seeds.create_seed_states(config, model, (0, 1), mesh)
-      step, _ = seeds.compile_seed_steps(config, mesh)
-      rngs = sharding.replicate(seeds.dropout_keys((0, 1)), mesh)
+    results = {}
+    # Per device: (seeds, images) of a batch, seeds of the state.
+    expected = {'batch': ((2, 1), 2), 'mesh': ((1, 2), 1)}
+    for kind in ('batch', 'mesh'):
+      layout = seeds.seed_layout(kind, 2)
+      state = seeds.create_seed_states(config, model, (0, 1), layout.mesh,
+                                       layout.state)
+      step, _ = seeds.compile_seed_steps(config, layout)
+      rngs = sharding.put(seeds.dropout_keys((0, 1)), layout.per_seed)
       for t in range(2):
-        batch = seeds._seed_batches(datasets, t, mesh)
+        batch = seeds._seed_batches(datasets, t, layout)
         state, _ = step(state, batch, rngs)
-      if mesh.size == 8:
-        assert batch['image'].sharding.spec == P(None, 'data')
-        assert len(batch['image'].addressable_shards) == 8
-        assert batch['image'].addressable_shards[0].data.shape[:2] == (2, 1)
-      results.append(jax.device_get(state.params))
-    errors = jax.tree.leaves(jax.tree.map(
-        lambda a, b: np.linalg.norm(a - b) / np.linalg.norm(b), *results))
-    print('max relative error', max(errors))
-    assert max(errors) < 1e-5
-    # The vmapped program against separate runs of the ordinary step.
+      shards = batch['image'].addressable_shards
+      assert len(shards) == 8 and shards[0].data.shape[:2] == expected[kind][0]
+      kernel = state.params['score_fr']['kernel']
+      assert kernel.addressable_shards[0].data.shape[0] == expected[kind][1]
+      results[kind] = jax.device_get(state.params)
+    # The seed axis: gcd(seeds, devices per process).
+    for num_seeds, shape in ((2, (4, 2)), (4, (2, 4)), (3, (8, 1)), (16, (1, 8))):
+      mesh = seeds.seed_layout('mesh', num_seeds).mesh
+      assert (mesh.shape['data'], mesh.shape['seed']) == shape, (num_seeds, mesh)
+    # Both layouts against separate runs of the ordinary step.
+    mesh = sharding.create_mesh()
     p_step, _ = train.compile_steps(config, mesh)
     for k, seed in enumerate((0, 1)):
       init_rng, rng = train.init_and_dropout_keys(seed)
@@ -188,20 +208,42 @@ EIGHT_DEVICES = textwrap.dedent('''
       for t in range(2):
         state, _ = p_step(state, sharding.shard_batch(
             input_pipeline.model_arrays(datasets[k][t]), mesh), rng)
-      errors = jax.tree.leaves(jax.tree.map(
-          lambda a, b: np.linalg.norm(a[k] - b) / np.linalg.norm(b),
-          results[1], jax.device_get(state.params)))
-      print('vmap vs separate, seed', seed, max(errors))
-      assert max(errors) < 1e-5
+      for kind, params in results.items():
+        errors = jax.tree.leaves(jax.tree.map(
+            lambda a, b: np.linalg.norm(a[k] - b) / np.linalg.norm(b),
+            params, jax.device_get(state.params)))
+        print(kind, 'vs separate, seed', seed, max(errors))
+        assert max(errors) < 1e-5
+    # The whole loop with a 'seed' mesh axis: train to step 2 (checkpoint),
+    # resume to step 3.
+    config.seeds = '0,1'
+    config.seed_program = 'vmap'
+    config.seed_sharding = 'mesh'
+    config.fast_ops = 'auto'
+    config.num_train_steps = 2
+    workdir = sys.argv[1]
+    train.train_and_evaluate(config, workdir)
+    stacked = workdir_lib.restore_params(workdir_lib.step_dir(workdir, 2))
+    errors = jax.tree.leaves(jax.tree.map(
+        lambda a, b: np.linalg.norm(a - b) / np.linalg.norm(b),
+        stacked, results['mesh']))
+    print('train_seeds vs the mesh steps', max(errors))
+    assert max(errors) < 1e-6
+    config.num_train_steps = 3
+    logging.set_verbosity(logging.INFO)  # 'Resumed ...' to stderr.
+    result = train.train_and_evaluate(config, workdir)
+    assert result['step'] == 3 and result['seeds'] == [0, 1]
+    print('resumed to step 3')
 ''')
 
 
-def test_seed_axis_with_data_parallelism_on_8_devices():
+def test_seed_axis_with_data_parallelism_on_8_devices(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
              XLA_FLAGS='--xla_force_host_platform_device_count=8')
-  result = subprocess.run([sys.executable, '-c', EIGHT_DEVICES], cwd=ROOT,
-                          env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
+  result = subprocess.run(
+      [sys.executable, '-c', EIGHT_DEVICES, str(tmp_path / 'run')], cwd=ROOT,
+      env=env, capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert 'max relative error' in result.stdout
-  assert 'vmap vs separate, seed 1' in result.stdout
+  assert 'mesh vs separate, seed 1' in result.stdout
+  assert 'resumed to step 3' in result.stdout
+  assert 'Resumed 2 seeds from step 2' in result.stderr

@@ -164,6 +164,14 @@ def get_config() -> ml_collections.ConfigDict:
   # config.seed; '0,1,2,3' = one independent model per listed seed, vmapped
   # in one compiled train step; a lone count '4' = seeds 0..3.
   config.seeds = ''
+  # How the seeds share the program: 'auto' = 'loop' on CPU (the ordinary
+  # step applied to each seed in turn), 'vmap' elsewhere (one vmapped step).
+  config.seed_program = 'auto'
+  # The vmapped program's layout on several devices: 'mesh' = a ('data',
+  # 'seed') mesh (every device runs some of the seeds on a larger slice of
+  # their batches), 'batch' = seeds folded into the batch sharding (every
+  # device runs every seed on its slice); docs/research_tools.md.
+  config.seed_sharding = 'mesh'
   return config
 
 
