@@ -8,7 +8,9 @@
 # 2. the default training step under other XLA flags (conv layouts,
 #    autotuning, Triton GEMMs), one short process each (an XLA that does not
 #    know a flag fails that run only);
-# 3. OUT_DIR/gpu_benchmark.md from OUT_DIR/gpu_benchmark.json.
+# 3. the 4 seeds of the synthetic default in one vmapped step against the
+#    ordinary step per seed (experiments/seed_layouts.py, OUT_DIR/seed_layouts.json);
+# 4. OUT_DIR/gpu_benchmark.md from OUT_DIR/gpu_benchmark.json.
 # Needs JAX with CUDA and PyTorch with CUDA (torch is optional: without it
 # JAX is timed alone).
 set -u
@@ -33,6 +35,10 @@ run_flags conv_nhwc --xla_gpu_force_conv_nhwc=true
 run_flags conv_nchw --xla_gpu_force_conv_nchw=true
 run_flags autotune_0 --xla_gpu_autotune_level=0
 run_flags no_triton_gemm --xla_gpu_enable_triton_gemm=false
+
+timeout 100 "$PY" -m experiments.seed_layouts --programs=mesh,loop --steps=5 \
+  --json="$OUT/seed_layouts.json" 2>&1 | tee "$OUT/seed_layouts.log" | grep -v '^W' \
+  || echo "seed layouts failed or timed out"
 
 "$PY" -m experiments.gpu_benchmark --out="$OUT" --part=report
 cat "$OUT/gpu_benchmark.md"

@@ -3,8 +3,9 @@
     XLA_FLAGS=--xla_force_host_platform_device_count=8 \
         python -m experiments.seed_layouts --config.seeds=4 --json=out.json
 
-Times one train step of all seeds of `--config` (default: the synthetic
-default, FCN-8s, batch 8) in each program of `--programs`, on all devices:
+Times one train step of all seeds of the config (the synthetic default,
+FCN-8s, batch 8, with `--config.KEY=VALUE` overrides; `--tiny`: the tiny
+test config) in each program of `--programs`, on all devices:
 
 - `batch`: the vmapped step, seeds folded into the batch sharding (every
   device runs every seed on its slice of the batch; `seeds.seed_layout`);
@@ -35,12 +36,16 @@ from fcn_jax import models
 from fcn_jax import seeds as seeds_lib
 from fcn_jax import sharding
 from fcn_jax import train
+from fcn_jax import workdir as workdir_lib
+from fcn_jax.configs import default
 
 PROGRAMS = ('batch', 'mesh', 'loop')
 _PROGRAMS = flags.DEFINE_list('programs', list(PROGRAMS),
                               f'Programs to time, of {PROGRAMS}.')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per program.')
 _JSON = flags.DEFINE_string('json', '', 'Also write the results here.')
+_TINY = flags.DEFINE_bool('tiny', False, 'Start from the tiny test config '
+                          '(configs/default.get_tiny_config) instead.')
 
 
 def _vmap_program(config, model, seeds, datasets, layout_kind):
@@ -99,6 +104,9 @@ def time_program(kind, config, model, seeds, datasets, steps):
 def main(argv):
   del argv
   config = flags.FLAGS.config
+  if _TINY.value:
+    config = workdir_lib.apply_overrides(default.get_tiny_config(),
+                                         cli.config_overrides())
   config.fast_ops = 'off'
   seeds = seeds_lib.seed_list(config) or [0, 1, 2, 3]
   unknown = set(_PROGRAMS.value) - set(PROGRAMS)

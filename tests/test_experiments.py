@@ -475,3 +475,32 @@ def test_random_upsampling_init():
     models.init_params(models.get_model('fcn32s', 4, width=1 / 32,
                                         upsampling_init='random'),
                        jax.random.key(0))
+
+
+def test_seed_layouts_times_each_program(tmp_path):
+  """experiments.seed_layouts on 2 simulated devices, tiny config."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  out = tmp_path / 'layouts.json'
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO,
+             XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  command = [sys.executable, '-m', 'experiments.seed_layouts',
+             '--tiny', '--config.seeds=2',
+             '--config.batch_size=2', '--steps=2', f'--json={out}']
+  result = subprocess.run(command + ['--programs=batch,mesh'], cwd=REPO,
+                          env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = json.loads(out.read_text())['rows']
+  assert [r['program'] for r in rows] == ['batch', 'mesh']
+  assert rows[0]['mesh'] == {'data': 2}
+  assert rows[1]['mesh'] == {'data': 1, 'seed': 2}
+  for row in rows:
+    assert len(row['step_times_s']) == 2
+    assert row['step_s'] == pytest.approx(np.median(row['step_times_s']))
+  bad = subprocess.run(command + ['--programs=mesh,pmap'], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=120,
+                       check=False)
+  assert bad.returncode == 1
+  assert bad.stderr.strip().splitlines()[-1] == (
+      "error: --programs: unknown ['pmap']; expected some of "
+      "('batch', 'mesh', 'loop').")
