@@ -386,12 +386,16 @@ def test_crop_offsets_reproduce_reference_and_exact_variant():
 def _symmetric_params(model, rng, shape):
   """Random params whose kernels are symmetric under H and W flips (score
   layers random too, so the output is not identically zero)."""
-  params = models.init_params(model, rng, shape[1])
+  # Only the shapes of an init (running it at the 100-px padded size takes
+  # seconds); biases are zero, which any flip leaves alone.
+  params = jax.eval_shape(lambda r: models.init_params(model, r, shape[1]),
+                          rng)
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(rng, len(leaves))
   out = []
   for key, leaf in zip(keys, leaves):
-    leaf = jax.random.normal(key, leaf.shape) * 0.3 if leaf.ndim == 4 else leaf
+    leaf = (jax.random.normal(key, leaf.shape) * 0.3 if leaf.ndim == 4
+            else jnp.zeros(leaf.shape, leaf.dtype))
     if leaf.ndim == 4:
       leaf = (leaf + leaf[::-1] + leaf[:, ::-1] + leaf[::-1, ::-1]) / 4
     out.append(leaf)
@@ -444,9 +448,12 @@ def test_exact_variant_any_input_size():
   # map of at most 2n cells, and upscore2 (2n + 2 cells) cropped by 1 covers it.
   model = models.get_model('fcn8s', 2, width=1 / 32, input_padding=1,
                            fc6_padding=3, fast_ops='off')
-  params = models.init_params(model, jax.random.key(0))
+  # Shapes only: traced, not run.
+  params = jax.eval_shape(lambda r: models.init_params(model, r),
+                          jax.random.key(0))
   for h, w in ((1, 1), (7, 45), (33, 20)):
-    out = model.apply({'params': params}, jnp.zeros((1, h, w, 3)))
+    out = jax.eval_shape(lambda p, x: model.apply({'params': p}, x), params,
+                         jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32))
     assert out.shape == (1, h, w, 2)
 
 
@@ -454,7 +461,8 @@ def test_unalignable_padding_is_a_clear_error():
   model = models.get_model('fcn8s', 2, width=1 / 32, input_padding=1,
                            fc6_padding=0, fast_ops='off')
   with pytest.raises(ValueError, match='input_padding=1, fc6_padding=0'):
-    models.init_params(model, jax.random.key(0), 256)
+    jax.eval_shape(lambda r: models.init_params(model, r, 256),
+                   jax.random.key(0))
 
 
 def test_random_upsampling_init():
@@ -478,29 +486,31 @@ def test_random_upsampling_init():
 
 
 def test_seed_layouts_times_each_program(tmp_path):
-  """experiments.seed_layouts on 2 simulated devices, tiny config."""
+  """experiments.seed_layouts' timing on the tiny config (one device), and its
+  one-line error for an unknown program."""
   import subprocess  # pylint: disable=g-import-not-at-top
-  out = tmp_path / 'layouts.json'
-  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO,
-             XLA_FLAGS='--xla_force_host_platform_device_count=2')
-  command = [sys.executable, '-m', 'experiments.seed_layouts',
-             '--tiny', '--config.seeds=2',
-             '--config.batch_size=2', '--steps=2', f'--json={out}']
-  result = subprocess.run(command + ['--programs=batch,mesh'], cwd=REPO,
-                          env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
-  assert result.returncode == 0, result.stderr[-3000:]
-  rows = json.loads(out.read_text())['rows']
-  assert [r['program'] for r in rows] == ['batch', 'mesh']
-  assert rows[0]['mesh'] == {'data': 2}
-  assert rows[1]['mesh'] == {'data': 1, 'seed': 2}
-  for row in rows:
-    assert len(row['step_times_s']) == 2
-    assert row['step_s'] == pytest.approx(np.median(row['step_times_s']))
-  bad = subprocess.run(command + ['--programs=mesh,pmap'], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=120,
-                       check=False)
+  from experiments import seed_layouts  # pylint: disable=g-import-not-at-top
+  from fcn_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from fcn_jax import seeds as seeds_lib  # pylint: disable=g-import-not-at-top
+  from fcn_jax.configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_tiny_config()
+  config.fast_ops = 'off'
+  train_source, _, info = input_pipeline.create_datasets(config)
+  model = models.create_model(config, info.num_classes)
+  datasets = [input_pipeline.train_dataset_from_config(
+      train_source, seeds_lib.seed_config(config, s), info) for s in (0, 1)]
+  row = seed_layouts.time_program('mesh', config, model, [0, 1], datasets, 2)
+  assert row['program'] == 'mesh' and row['mesh'] == {'data': 1, 'seed': 1}
+  assert len(row['step_times_s']) == 2 and min(row['step_times_s']) > 0
+  assert row['step_s'] == pytest.approx(np.median(row['step_times_s']))
+  assert row['first_step_s'] > 0
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
+  bad = subprocess.run(
+      [sys.executable, '-m', 'experiments.seed_layouts', '--tiny',
+       '--programs=mesh,pmap', f'--json={tmp_path / "x.json"}'], cwd=REPO,
+      env=env, capture_output=True, text=True, timeout=120, check=False)
   assert bad.returncode == 1
   assert bad.stderr.strip().splitlines()[-1] == (
       "error: --programs: unknown ['pmap']; expected some of "
       "('batch', 'mesh', 'loop').")
+  assert not (tmp_path / 'x.json').exists()

@@ -238,8 +238,13 @@ EIGHT_DEVICES = textwrap.dedent('''
 
 
 def test_seed_axis_with_data_parallelism_on_8_devices(tmp_path):
+  # A compilation cache: the whole loop's steps are the ones compiled above
+  # it in the script, and its resume compiles them again.
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
-             XLA_FLAGS='--xla_force_host_platform_device_count=8')
+             XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'cache'),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1')
   result = subprocess.run(
       [sys.executable, '-c', EIGHT_DEVICES, str(tmp_path / 'run')], cwd=ROOT,
       env=env, capture_output=True, text=True, timeout=600, check=False)
