@@ -40,16 +40,23 @@ from fcn_jax import workdir as workdir_lib
 from fcn_jax.configs import default
 
 PROGRAMS = ('batch', 'mesh', 'loop')
-_PROGRAMS = flags.DEFINE_list('programs', list(PROGRAMS),
-                              f'Programs to time, of {PROGRAMS}.')
-_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per program.')
-_JSON = flags.DEFINE_string('json', '', 'Also write the results here.')
-_TINY = flags.DEFINE_bool('tiny', False, 'Start from the tiny test config '
-                          '(configs/default.get_tiny_config) instead.')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command's flags (defined only when it runs, so that tests can import
+  `time_program` beside other commands' flags)."""
+  flags.DEFINE_list('programs', list(PROGRAMS),
+                    f'Programs to time, of {PROGRAMS}.')
+  flags.DEFINE_integer('steps', 5, 'Timed steps per program.')
+  flags.DEFINE_string('json', '', 'Also write the results here.')
+  flags.DEFINE_bool('tiny', False, 'Start from the tiny test config '
+                    '(configs/default.get_tiny_config) instead.')
+  cli.define_config_flag('Training config (default: the synthetic default).')
 
 
 def _vmap_program(config, model, seeds, datasets, layout_kind):
-  """(compile + first step seconds, step(t) -> blocking step t)."""
+  """(mesh, step(t): train step t of all seeds, waited for)."""
   layout = seeds_lib.seed_layout(layout_kind, len(seeds))
   state = seeds_lib.create_seed_states(config, model, seeds, layout.mesh,
                                        layout.state)
@@ -58,7 +65,7 @@ def _vmap_program(config, model, seeds, datasets, layout_kind):
   holder = [state]
 
   def step(t):
-    batch = seeds_lib._seed_batches(datasets, t, layout)  # pylint: disable=protected-access
+    batch = seeds_lib.seed_batch(datasets, t, layout)
     holder[0], metrics = p_step(holder[0], batch, rngs)
     jax.block_until_ready(metrics)
   return layout.mesh, step
@@ -103,13 +110,13 @@ def time_program(kind, config, model, seeds, datasets, steps):
 
 def main(argv):
   del argv
-  config = flags.FLAGS.config
-  if _TINY.value:
+  config = FLAGS.config
+  if FLAGS.tiny:
     config = workdir_lib.apply_overrides(default.get_tiny_config(),
                                          cli.config_overrides())
   config.fast_ops = 'off'
   seeds = seeds_lib.seed_list(config) or [0, 1, 2, 3]
-  unknown = set(_PROGRAMS.value) - set(PROGRAMS)
+  unknown = set(FLAGS.programs) - set(PROGRAMS)
   if unknown:
     raise errors.FlagError(f'--programs: unknown {sorted(unknown)}; expected '
                          f'some of {PROGRAMS}.')
@@ -121,13 +128,13 @@ def main(argv):
         f'{config.batch_size}, {jax.device_count()} '
         f'{jax.devices()[0].platform} devices; jax {jax.__version__}')
   rows = []
-  for kind in _PROGRAMS.value:
-    row = time_program(kind, config, model, seeds, datasets, _STEPS.value)
+  for kind in FLAGS.programs:
+    row = time_program(kind, config, model, seeds, datasets, FLAGS.steps)
     rows.append(row)
     print(f'{kind:5s} mesh {row["mesh"]}: {row["step_s"]:.3f} s per step of '
           f'all seeds (compile + first step {row["first_step_s"]:.1f} s)')
-  if _JSON.value:
-    with open(_JSON.value, 'w') as f:
+  if FLAGS.json:
+    with open(FLAGS.json, 'w') as f:
       json.dump(dict(seeds=seeds, devices=jax.device_count(),
                      platform=jax.devices()[0].platform,
                      jax=jax.__version__, model=config.model,
@@ -136,5 +143,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.define_config_flag('Training config (default: the synthetic default).')
+  define_flags()
   cli.run(main, path_flags=('json',))

@@ -253,7 +253,7 @@ def _stacked_batches(datasets, start: int, stop: int):
     yield {k: np.stack([b[k] for b in batches]) for k in batches[0]}
 
 
-def _seed_batches(datasets, index: int, layout: SeedLayout) -> dict:
+def seed_batch(datasets, index: int, layout: SeedLayout) -> dict:
   """Batch `index` of every seed's dataset, stacked and sharded."""
   return sharding.put(next(_stacked_batches(datasets, index, index + 1)),
                       layout.batch)

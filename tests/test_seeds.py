@@ -188,7 +188,7 @@ EIGHT_DEVICES = textwrap.dedent('''
       step, _ = seeds.compile_seed_steps(config, layout)
       rngs = sharding.put(seeds.dropout_keys((0, 1)), layout.per_seed)
       for t in range(2):
-        batch = seeds._seed_batches(datasets, t, layout)
+        batch = seeds.seed_batch(datasets, t, layout)
         state, _ = step(state, batch, rngs)
       shards = batch['image'].addressable_shards
       assert len(shards) == 8 and shards[0].data.shape[:2] == expected[kind][0]
