@@ -387,19 +387,21 @@ def _symmetric_params(model, rng, shape):
   """Random params whose kernels are symmetric under H and W flips (score
   layers random too, so the output is not identically zero)."""
   # Only the shapes of an init (running it at the 100-px padded size takes
-  # seconds); biases are zero, which any flip leaves alone.
+  # seconds), and numpy's random numbers (JAX's, op by op, compile for every
+  # new shape); biases are zero, which any flip leaves alone.
   params = jax.eval_shape(lambda r: models.init_params(model, r, shape[1]),
                           rng)
   leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(rng, len(leaves))
+  noise = np.random.default_rng(int(jax.random.randint(rng, (), 0, 2**30)))
   out = []
-  for key, leaf in zip(keys, leaves):
-    leaf = (jax.random.normal(key, leaf.shape) * 0.3 if leaf.ndim == 4
-            else jnp.zeros(leaf.shape, leaf.dtype))
-    if leaf.ndim == 4:
-      leaf = (leaf + leaf[::-1] + leaf[:, ::-1] + leaf[::-1, ::-1]) / 4
-    out.append(leaf)
-  return jax.tree.unflatten(treedef, out)
+  for leaf in leaves:
+    if leaf.ndim != 4:
+      out.append(np.zeros(leaf.shape, np.float32))
+      continue
+    kernel = noise.standard_normal(leaf.shape).astype(np.float32) * 0.3
+    out.append((kernel + kernel[::-1] + kernel[:, ::-1] + kernel[::-1, ::-1])
+               / 4)
+  return jax.tree.unflatten(treedef, [jnp.asarray(x) for x in out])
 
 
 def _flip_error(model, params, x):
