@@ -8,7 +8,8 @@ FCN-8s, batch 8, with `--config.KEY=VALUE` overrides; `--tiny`: the tiny
 test config) in each program of `--programs`, on all devices:
 
 - `batch`: the vmapped step, seeds folded into the batch sharding (every
-  device runs every seed on its slice of the batch; `seeds.seed_layout`);
+  device runs every seed on its slice of the batch;
+  `seed_sharding.seed_layout`);
 - `mesh`: the vmapped step on a ('data', 'seed') mesh (every device runs its
   seeds on a larger slice);
 - `loop`: the ordinary data-parallel step applied to each seed in turn (what
@@ -33,6 +34,7 @@ from fcn_jax import cli
 from fcn_jax import errors
 from fcn_jax import input_pipeline
 from fcn_jax import models
+from fcn_jax import seed_sharding
 from fcn_jax import seeds as seeds_lib
 from fcn_jax import sharding
 from fcn_jax import train
@@ -57,10 +59,10 @@ def define_flags() -> None:
 
 def _vmap_program(config, model, seeds, datasets, layout_kind):
   """(mesh, step(t): train step t of all seeds, waited for)."""
-  layout = seeds_lib.seed_layout(layout_kind, len(seeds))
+  layout = seed_sharding.seed_layout(layout_kind, len(seeds))
   state = seeds_lib.create_seed_states(config, model, seeds, layout.mesh,
                                        layout.state)
-  p_step, _ = seeds_lib.compile_seed_steps(config, layout)
+  p_step, _ = seed_sharding.compile_seed_steps(config, layout)
   rngs = sharding.put(seeds_lib.dropout_keys(seeds), layout.per_seed)
   holder = [state]
 

@@ -21,6 +21,7 @@ Training
   grad_accum      Caffe's iter_size: a batch's gradient from micro-batches
   tasks           what a dataset asks beyond VOC's single RGB head (losses, scores, models)
   seeds           many seeds trained in one compiled program (config.seeds)
+  seed_sharding   the seeds program on the devices: a 'seed' mesh axis or seeds in the batch sharding
   sharding        the device mesh and data-parallel shardings
   prefetch        batches placed on the devices ahead of the step; metrics fetched at log steps
   distributed     joining the processes of a multi-host run

@@ -22,11 +22,11 @@ The stacked train state (a leading seed axis on every array) is one
 checkpoint; the best checkpoint is ranked by the mean over seeds of the
 validation mean IU. metrics.jsonl gets one record per seed per logged step,
 with a 'seed' key. With 'vmap' the seed axis combines with data parallelism
-in one of two layouts (config.seed_sharding, `SeedLayout`): 'batch' folds
-the seeds into the batch sharding (every device runs every seed on its slice
-of the batch), 'mesh' gives the mesh a 'seed' axis (every device runs some
-of the seeds on a larger slice). With 'loop' each seed's step is the
-ordinary data-parallel one.
+in one of two layouts (config.seed_sharding, fcn_jax/seed_sharding.py):
+'batch' folds the seeds into the batch sharding (every device runs every
+seed on its slice of the batch), 'mesh' gives the mesh a 'seed' axis
+(every device runs some of the seeds on a larger slice). With 'loop' each
+seed's step is the ordinary data-parallel one.
 
 `params_of_seed` picks one seed's parameters out of such a checkpoint for
 evaluate / predict / export (`--seed=K`; by default the seed with the best
@@ -35,9 +35,6 @@ validation mean IU at that step, read from metrics.jsonl).
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import math
 import os
 import signal
 import time
@@ -48,14 +45,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
 
 from fcn_jax import checkpointing
 from fcn_jax import fault_tolerance
 from fcn_jax import input_pipeline
-from fcn_jax import metrics as metrics_lib
 from fcn_jax import models
 from fcn_jax import prefetch
+from fcn_jax import seed_sharding
 from fcn_jax import sharding
 from fcn_jax import surgery
 from fcn_jax import train
@@ -128,123 +125,6 @@ def dropout_keys(seeds: Sequence[int]) -> jax.Array:
   return jax.random.wrap_key_data(np.stack(keys))
 
 
-# How the vmapped program lays the seeds out on the devices
-# (config.seed_sharding).
-SEED_SHARDINGS = ('batch', 'mesh')
-SEED_AXIS = 'seed'
-
-
-@dataclasses.dataclass(frozen=True)
-class SeedLayout:
-  """Where the vmapped program's arrays live.
-
-  'batch' (seeds folded into the batch sharding): a 1-D 'data' mesh over all
-  devices; every device holds every seed's state and runs every seed on its
-  slice of each seed's batch. 'mesh': a 2-D ('data', 'seed') mesh; the seed
-  axis splits the seeds over the devices of each process, so a device holds
-  only its seeds' state and runs them on a larger slice of their batches.
-  """
-  mesh: Mesh
-  state: NamedSharding  # the stacked train state (leading seed axis)
-  batch: NamedSharding  # (seeds, batch, ...) training batches
-  per_seed: NamedSharding  # (seeds, ...) keys, step metrics, histograms
-
-
-def seed_layout(kind: str, num_seeds: int, devices=None) -> SeedLayout:
-  """The layout `kind` (SEED_SHARDINGS) for `num_seeds` seeds on `devices`
-  (default: all). With 'mesh' the seed axis has gcd(seeds, devices per
-  process) devices, and the 'data' axis the rest (across processes)."""
-  if kind not in SEED_SHARDINGS:
-    raise ConfigError(f'config.seed_sharding={kind!r}: expected one of '
-                      f'{SEED_SHARDINGS}.')
-  devices = jax.devices() if devices is None else list(devices)
-  if kind == 'batch':
-    mesh = sharding.create_mesh(devices)
-    return SeedLayout(mesh, sharding.replicated(mesh),
-                      NamedSharding(mesh, P(None, sharding.DATA_AXIS)),
-                      sharding.replicated(mesh))
-  # Seeds stay within a process, so every process holds all seeds of its
-  # slice of the batch, as the input pipeline reads it.
-  per_process = {}
-  for device in devices:
-    per_process.setdefault(device.process_index, []).append(device)
-  local = min(len(d) for d in per_process.values())
-  seed_size = math.gcd(num_seeds, local)
-  grid = np.concatenate([np.asarray(d[:local]).reshape(-1, seed_size)
-                         for _, d in sorted(per_process.items())])
-  mesh = Mesh(grid, (sharding.DATA_AXIS, SEED_AXIS))
-  per_seed = NamedSharding(mesh, P(SEED_AXIS))
-  return SeedLayout(mesh, per_seed,
-                    NamedSharding(mesh, P(SEED_AXIS, sharding.DATA_AXIS)),
-                    per_seed)
-
-
-def compile_seed_steps(config, layout: SeedLayout):
-  """The vmapped train and eval steps, jit-compiled with shardings."""
-  step = functools.partial(
-      train.train_step, loss_normalization=config.loss_normalization,
-      skip_nonfinite=config.skip_nonfinite,
-      grad_accum_steps=config.grad_accum_steps,
-      # The micro-batch sharding constraint is for unbatched arrays; XLA
-      # propagates the batch sharding through the vmapped scan anyway.
-      micro_batch_sharding=None)
-  per_seed = P(SEED_AXIS)
-  p_train_step = jax.jit(
-      _split_seeds(jax.vmap(step), layout, (per_seed,) * 3,
-                   (per_seed, per_seed)),
-      in_shardings=(layout.state, layout.batch, layout.per_seed),
-      out_shardings=(layout.state, layout.per_seed), donate_argnums=0)
-  eval_step = jax.vmap(functools.partial(
-      train.eval_step, boundary_radius=config.boundary_radius),
-                       in_axes=(0, 0, None))
-  p_eval_step = jax.jit(
-      _split_seeds(eval_step, layout, (per_seed, per_seed, P()), per_seed),
-      in_shardings=(layout.state, layout.per_seed,
-                    sharding.data_sharded(layout.mesh)),
-      out_shardings=layout.per_seed, donate_argnums=1)
-  return p_train_step, p_eval_step
-
-
-def _split_seeds(fn, layout: SeedLayout, in_specs, out_specs):
-  """`fn` on each device's own seeds, with a 'seed' mesh axis.
-
-  The seed axis is manual (shard_map) and the 'data' axis stays XLA's: left
-  to XLA, the partitioner splits the vmapped (grouped) convolutions over
-  the seed axis into invalid ones (jax 0.10.2), and each device computes
-  only its seeds anyway.
-  """
-  if SEED_AXIS not in layout.mesh.axis_names:
-    return fn
-  return jax.shard_map(fn, mesh=layout.mesh, in_specs=in_specs,
-                       out_specs=out_specs, axis_names={SEED_AXIS},
-                       check_vma=False)
-
-
-def evaluate_seeds(p_eval_step, state, source, batch_size: int,
-                   num_classes: int, num_seeds: int, layout: SeedLayout,
-                   boundary_radius: int = 0, **batching) -> list[dict]:
-  """`train.evaluate` for every seed at once: one score dict per seed."""
-  shape = (num_seeds, num_classes, num_classes)
-  if boundary_radius > 0:
-    shape = (num_seeds, 2, num_classes, num_classes)
-  hist = sharding.put(np.zeros(shape, np.int32), layout.per_seed)
-  for batch in input_pipeline.eval_batches(source, batch_size, **batching):
-    batch = sharding.shard_batch({k: batch[k] for k in ('image', 'label')},
-                                 layout.mesh)
-    hist = p_eval_step(state, hist, batch)
-  hist = jax.device_get(hist)
-  scores = []
-  for seed_hist in hist:
-    if boundary_radius <= 0:
-      scores.append(metrics_lib.segmentation_scores(seed_hist))
-      continue
-    seed_scores = metrics_lib.segmentation_scores(seed_hist[0])
-    seed_scores['boundary_mean_iu'] = metrics_lib.segmentation_scores(
-        seed_hist[1])['mean_iu']
-    scores.append(seed_scores)
-  return scores
-
-
 def _stacked_batches(datasets, start: int, stop: int):
   """Host batches start..stop - 1 of every seed's dataset, stacked:
   {'image': (seeds, batch, ...), 'label': ...}."""
@@ -253,7 +133,8 @@ def _stacked_batches(datasets, start: int, stop: int):
     yield {k: np.stack([b[k] for b in batches]) for k in batches[0]}
 
 
-def seed_batch(datasets, index: int, layout: SeedLayout) -> dict:
+def seed_batch(datasets, index: int,
+               layout: seed_sharding.SeedLayout) -> dict:
   """Batch `index` of every seed's dataset, stacked and sharded."""
   return sharding.put(next(_stacked_batches(datasets, index, index + 1)),
                       layout.batch)
@@ -289,7 +170,7 @@ class _VmapProgram:
   def __init__(self, config, layout, eval_args):
     self._layout = layout
     self._eval_args = eval_args
-    self._train, self._eval = compile_seed_steps(config, layout)
+    self._train, self._eval = seed_sharding.compile_seed_steps(config, layout)
 
   def place(self, batch):
     return sharding.put(batch, self._layout.batch)
@@ -301,8 +182,9 @@ class _VmapProgram:
   def to_host_metrics(step_metrics):
     return step_metrics
 
-  def unstacked(self, stacked):
-    return jax.device_put(stacked, self._layout.state)
+  @staticmethod
+  def unstacked(stacked):
+    return stacked  # Created and restored onto the layout's state sharding.
 
   @staticmethod
   def stacked(state):
@@ -314,7 +196,7 @@ class _VmapProgram:
 
   def evaluate(self, state, num_seeds):
     args = self._eval_args
-    return evaluate_seeds(self._eval, state, args['source'],
+    return seed_sharding.evaluate_seeds(self._eval, state, args['source'],
                           args['batch_size'], args['num_classes'], num_seeds,
                           self._layout, args['boundary_radius'],
                           **args['batching'])
@@ -376,7 +258,8 @@ def train_seeds(config, workdir: str, stop, cleanup) -> dict[str, Any]:
   'seed_mean_iu', 'best_seed', 'step' and 'best_checkpoint'."""
   seeds = seed_list(config)
   kind = program_kind(config.seed_program)
-  layout = seed_layout(config.seed_sharding, len(seeds)) if kind == 'vmap' \
+  layout = seed_sharding.seed_layout(config.seed_sharding,
+                                            len(seeds)) if kind == 'vmap' \
       else None
   mesh = layout.mesh if layout else sharding.create_mesh()
   (config, eval_batch_size, train_source, val_source, info,

@@ -13,6 +13,7 @@ import pytest
 
 from fcn_jax import fault_tolerance
 from fcn_jax import inference
+from fcn_jax import seed_sharding
 from fcn_jax import seeds
 from fcn_jax import train
 from fcn_jax import workdir as workdir_lib
@@ -155,10 +156,10 @@ def test_program_and_layout_choices():
   with pytest.raises(seeds.ConfigError, match="config.seed_program='pmap'"):
     seeds.program_kind('pmap')
   with pytest.raises(seeds.ConfigError, match="config.seed_sharding='x'"):
-    seeds.seed_layout('x', 2)
+    seed_sharding.seed_layout('x', 2)
   # One device: both layouts put everything on it.
-  for kind in seeds.SEED_SHARDINGS:
-    layout = seeds.seed_layout(kind, 4, jax.devices()[:1])
+  for kind in seed_sharding.SEED_SHARDINGS:
+    layout = seed_sharding.seed_layout(kind, 4, jax.devices()[:1])
     assert layout.mesh.size == 1
 
 
@@ -167,7 +168,7 @@ EIGHT_DEVICES = textwrap.dedent('''
     import jax, numpy as np
     from absl import logging
     from jax.sharding import PartitionSpec as P
-    from fcn_jax import input_pipeline, models, seeds, sharding, train
+    from fcn_jax import input_pipeline, models, seed_sharding, seeds, sharding, train
     from fcn_jax import workdir as workdir_lib
     from fcn_jax.configs import default
     assert jax.device_count() == 8
@@ -182,10 +183,10 @@ EIGHT_DEVICES = textwrap.dedent('''
     # Per device: (seeds, images) of a batch, seeds of the state.
     expected = {'batch': ((2, 1), 2), 'mesh': ((1, 2), 1)}
     for kind in ('batch', 'mesh'):
-      layout = seeds.seed_layout(kind, 2)
+      layout = seed_sharding.seed_layout(kind, 2)
       state = seeds.create_seed_states(config, model, (0, 1), layout.mesh,
                                        layout.state)
-      step, _ = seeds.compile_seed_steps(config, layout)
+      step, _ = seed_sharding.compile_seed_steps(config, layout)
       rngs = sharding.put(seeds.dropout_keys((0, 1)), layout.per_seed)
       for t in range(2):
         batch = seeds.seed_batch(datasets, t, layout)
@@ -197,7 +198,7 @@ EIGHT_DEVICES = textwrap.dedent('''
       results[kind] = jax.device_get(state.params)
     # The seed axis: gcd(seeds, devices per process).
     for num_seeds, shape in ((2, (4, 2)), (4, (2, 4)), (3, (8, 1)), (16, (1, 8))):
-      mesh = seeds.seed_layout('mesh', num_seeds).mesh
+      mesh = seed_sharding.seed_layout('mesh', num_seeds).mesh
       assert (mesh.shape['data'], mesh.shape['seed']) == shape, (num_seeds, mesh)
     # Both layouts against separate runs of the ordinary step.
     mesh = sharding.create_mesh()
